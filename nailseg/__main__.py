@@ -1,0 +1,3 @@
+from nailseg.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,97 @@
+"""``nailseg`` command line: one entry point, one subcommand per pipeline stage.
+
+Heavy imports (torch, mmdet) happen inside the subcommands that need them, so that
+``nailseg convert`` starts in well under a second.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from nailseg.convert import DEFAULT_MIN_AREA
+
+DEFAULT_SCORE_THR = 0.5
+
+
+def _convert(args: argparse.Namespace) -> int:
+    from nailseg.datasets import convert_dataset, save_report
+
+    report = convert_dataset(
+        args.root,
+        valid_fraction=args.valid_fraction,
+        seed=args.seed,
+        min_area=args.min_area,
+        split_touching=args.split_touching,
+        workers=args.workers,
+    )
+    summary = report.summary()
+    if report.converted:
+        summary["written"] = [str(p) for p in save_report(report, args.out)]
+    print(json.dumps(summary, indent=2))
+    for path, problem in report.problems:
+        print(f"problem: {path}: {problem}", file=sys.stderr)
+    if not report.converted:
+        print("error: nothing was converted; no file was written", file=sys.stderr)
+        return 1
+    if args.strict and report.problems:
+        print(f"error: {len(report.problems)} problem(s) and --strict was given", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _train(args: argparse.Namespace) -> int:
+    from mmengine.config import DictAction
+
+    from nailseg.train import DEFAULT_CONFIG, build_config, train
+
+    options = {}
+    for item in args.cfg_options or []:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"--cfg-options expects KEY=VALUE, got {item!r}")
+        options[key] = DictAction._parse_iterable(value)
+    cfg = build_config(args.config or DEFAULT_CONFIG, args.data, args.work_dir, args.epochs, args.batch_size,
+                       args.lr, options)  # fmt: skip
+    checkpoint = train(cfg, resume=args.resume)
+    print(f"checkpoint: {checkpoint}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="nailseg", description="Fingernail instance segmentation.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("convert", help="turn a nail dataset into COCO instance annotations")
+    p.add_argument("root", type=Path, help="dataset folder (Images/+Masks/ or images/+labels/)")
+    p.add_argument("--out", type=Path, required=True, help="folder for train.json, valid.json, manifest.csv")
+    p.add_argument("--valid-fraction", type=float, default=0.2, help="share of photos held out (0 = none)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the train/valid split")
+    p.add_argument("--min-area", type=int, default=DEFAULT_MIN_AREA, help="drop nails below this many pixels")
+    p.add_argument("--split-touching", action="store_true", help="split touching nails by watershed")
+    p.add_argument("--strict", action="store_true", help="exit non-zero when any file has a problem")
+    p.add_argument("--workers", type=int, default=None, help="processes to use (default: all cores)")
+    p.set_defaults(func=_convert)
+
+    p = sub.add_parser("train", help="train a Mask R-CNN on converted data (mmengine Runner)")
+    p.add_argument("config", type=Path, nargs="?", default=None, help="config file (default: the default model's)")
+    p.add_argument("--data", type=Path, required=True, help="folder written by `nailseg convert`")
+    p.add_argument("--work-dir", type=Path, default=None, help="logs and checkpoints (default work_dirs/<config>)")
+    p.add_argument("--epochs", type=int, default=None, help="passes over the training photos")
+    p.add_argument("--batch-size", type=int, default=None, help="photos per iteration")
+    p.add_argument("--lr", type=float, default=None, help="learning rate")
+    p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --work-dir")
+    p.add_argument("--cfg-options", nargs="+", default=None, metavar="KEY=VALUE", help="config overrides, e.g. train_cfg.max_iters=100")
+    p.set_defaults(func=_train)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (ValueError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2

@@ -1,0 +1,196 @@
+"""Pure conversion steps: semantic mask or polygons -> nail instances -> COCO annotations.
+
+Everything here takes numpy arrays and returns plain Python objects; file reading and writing
+live in :mod:`nailseg.datasets`. Nothing here imports torch or mmdet.
+
+Coordinate convention: pycocotools (and therefore mmdet's ``poly2mask``) treats pixel ``(x, y)``
+as the unit square ``[x, x+1] x [y, y+1]``. A polygon is written so that rasterising it with
+pycocotools gives back exactly the pixels it came from; where no single polygon can (a hole, a
+shape that pinches into several outlines) the segmentation is written as compressed RLE instead.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from pycocotools import mask as mask_utils
+
+import cv2
+
+NAIL_CATEGORY = {"id": 1, "name": "nail", "supercategory": "nail"}
+DEFAULT_MIN_AREA = 20
+
+
+def binarize_mask(mask: np.ndarray) -> np.ndarray:
+    """Threshold a semantic mask at half its value range.
+
+    Args:
+        mask: ``(H, W)`` or ``(H, W, C)`` mask of any integer or float dtype. 0/1, 0/255, soft
+            anti-aliased 8-bit and 16-bit masks are all accepted; colour masks use the brightest
+            colour channel, so a white or a red nail on black both count.
+
+    Returns:
+        ``(H, W)`` bool array, True on nail pixels.
+    """
+    if mask.ndim == 3:
+        mask = mask[..., :3].max(axis=2) if mask.shape[2] >= 3 else mask[..., 0]
+    if mask.ndim != 2:
+        raise ValueError(f"mask must be (H, W) or (H, W, C), got shape {mask.shape}")
+    peak = float(mask.max()) if mask.size else 0.0
+    # 0/1 masks are common (many tools write label ids); anything above 1 is an intensity.
+    full_scale = 1.0 if peak <= 1.0 else (255.0 if peak <= 255.0 else 65535.0)
+    return mask.astype(np.float32) * 2.0 > full_scale
+
+
+def split_touching(component: np.ndarray, min_peak_ratio: float = 0.5) -> list[np.ndarray]:
+    """Split one connected blob into nails that touch, by distance transform and watershed.
+
+    Args:
+        component: ``(H, W)`` bool mask of one connected region.
+        min_peak_ratio: a seed is a region where the distance to the background exceeds this
+            fraction of the blob's largest distance; a neck narrower than that splits the blob.
+
+    Returns:
+        List of ``(H, W)`` bool masks whose union is ``component``; ``[component]`` when there is
+        nothing to split.
+    """
+    from skimage.segmentation import watershed
+
+    dist = cv2.distanceTransform(component.astype(np.uint8), cv2.DIST_L2, 5)
+    if dist.max() <= 0:
+        return [component]
+    seeds = (dist > min_peak_ratio * dist.max()).astype(np.uint8)
+    n_seeds, markers = cv2.connectedComponents(seeds, connectivity=8)
+    if n_seeds <= 2:  # background + one seed
+        return [component]
+    labels = watershed(-dist, markers, mask=component)
+    return [labels == k for k in range(1, n_seeds) if (labels == k).any()]
+
+
+def mask_to_instances(
+    binary: np.ndarray, min_area: int = DEFAULT_MIN_AREA, split: bool = False
+) -> list[np.ndarray]:
+    """Cut a semantic nail mask into one mask per nail (8-connected regions).
+
+    Args:
+        binary: ``(H, W)`` bool mask, every nail painted into it.
+        min_area: regions with fewer pixels than this are dropped (specks, label noise).
+        split: also split touching nails with :func:`split_touching`.
+
+    Returns:
+        List of ``(H, W)`` bool masks, one per nail, in label order.
+    """
+    n, labels, stats, _ = cv2.connectedComponentsWithStats(binary.astype(np.uint8), connectivity=8)
+    instances = []
+    for k in range(1, n):
+        if stats[k, cv2.CC_STAT_AREA] < min_area:
+            continue
+        region = labels == k
+        parts = split_touching(region) if split else [region]
+        instances.extend(p for p in parts if p.sum() >= min_area)
+    return instances
+
+
+def polygons_to_instances(polygons_xy: list[np.ndarray], height: int, width: int) -> list[np.ndarray]:
+    """Rasterise polygons with ``cv2.fillPoly``, one mask per polygon.
+
+    Args:
+        polygons_xy: one ``(K, 2)`` float array per nail, xy in pixels with pixel ``(x, y)``
+            covering ``[x, x+1] x [y, y+1]`` (YOLO-seg coordinates times the image size).
+        height, width: image size.
+
+    Returns:
+        List of ``(H, W)`` bool masks (possibly empty where a polygon is degenerate).
+    """
+    instances = []
+    for poly in polygons_xy:
+        canvas = np.zeros((height, width), np.uint8)
+        # cv2 puts integer vertices on pixel centres; shift=4 keeps 1/16 px of the exact outline.
+        vertices = np.round((np.asarray(poly, np.float64) - 0.5) * 16).astype(np.int32)
+        cv2.fillPoly(canvas, [vertices.reshape(-1, 1, 2)], 1, lineType=cv2.LINE_8, shift=4)
+        instances.append(canvas.astype(bool))
+    return instances
+
+
+def _drop_collinear(points: np.ndarray) -> np.ndarray:
+    """Remove vertices that lie on the straight line between their neighbours (exactly)."""
+    prev = np.roll(points, 1, axis=0)
+    nxt = np.roll(points, -1, axis=0)
+    cross = (points[:, 0] - prev[:, 0]) * (nxt[:, 1] - points[:, 1]) - (points[:, 1] - prev[:, 1]) * (
+        nxt[:, 0] - points[:, 0]
+    )
+    return points[np.abs(cross) > 1e-9]
+
+
+def encode_segmentation(instance: np.ndarray) -> list[list[float]] | dict:
+    """Encode one nail mask as a COCO segmentation that decodes to exactly the same pixels.
+
+    Args:
+        instance: ``(H, W)`` bool mask of one nail.
+
+    Returns:
+        ``[[x1, y1, x2, y2, ...]]`` (one polygon, pycocotools pixel convention) when a polygon
+        holds the shape, else compressed RLE ``{"size": [H, W], "counts": str}``.
+    """
+    from skimage.measure import find_contours
+
+    height, width = instance.shape
+    ys, xs = np.nonzero(instance)
+    if len(xs) == 0:
+        raise ValueError("cannot encode an empty mask")
+    x0, y0, x1, y1 = xs.min(), ys.min(), xs.max() + 1, ys.max() + 1
+    crop = instance[y0:y1, x0:x1]
+    # Marching squares at level 0.5 passes half-way between inside and outside pixel centres,
+    # so pycocotools' rasteriser (pixel centres at +0.5) puts every pixel back on its side.
+    contours = find_contours(np.pad(crop, 1).astype(np.float32), 0.5, fully_connected="high")
+    if len(contours) == 1:
+        points = _drop_collinear(contours[0][:-1, ::-1] - 0.5)  # (row, col) -> (x, y), open ring
+        if len(points) >= 3:
+            local = mask_utils.decode(mask_utils.frPyObjects([points.ravel().tolist()], *crop.shape))
+            if np.array_equal(local[:, :, 0].astype(bool), crop):
+                points = points + (x0, y0)
+                return [[round(float(v), 2) for v in points.ravel()]]
+    rle = mask_utils.encode(np.asfortranarray(instance.astype(np.uint8)))
+    return {"size": [height, width], "counts": rle["counts"].decode("ascii")}
+
+
+def instance_to_annotation(instance: np.ndarray) -> dict:
+    """COCO annotation fields for one nail mask (no ids): segmentation, xywh bbox, pixel area.
+
+    Args:
+        instance: ``(H, W)`` bool mask of one nail.
+
+    Returns:
+        ``{"segmentation", "bbox": [x, y, w, h], "area": int pixel count, "iscrowd": 0,
+        "category_id": 1}``; the box is tight around the pixels, in COCO's pixel convention.
+    """
+    ys, xs = np.nonzero(instance)
+    x0, y0 = int(xs.min()), int(ys.min())
+    return {
+        "segmentation": encode_segmentation(instance),
+        "bbox": [x0, y0, int(xs.max()) + 1 - x0, int(ys.max()) + 1 - y0],
+        "area": int(len(xs)),
+        "iscrowd": 0,
+        "category_id": NAIL_CATEGORY["id"],
+    }
+
+
+def build_coco(images: list[dict], annotations_per_image: list[list[dict]], info: dict) -> dict:
+    """Assemble a COCO instances dict; image and annotation ids start at 1.
+
+    Args:
+        images: one ``{"file_name", "width", "height", ...}`` per photo, in output order.
+        annotations_per_image: for each photo, its annotations from :func:`instance_to_annotation`.
+        info: the COCO ``info`` block (records the dataset root).
+    """
+    coco_images, coco_annotations = [], []
+    for image_id, (image, anns) in enumerate(zip(images, annotations_per_image), start=1):
+        coco_images.append({"id": image_id, **image})
+        for ann in anns:
+            coco_annotations.append({"id": len(coco_annotations) + 1, "image_id": image_id, **ann})
+    return {
+        "info": info,
+        "licenses": [],
+        "images": coco_images,
+        "annotations": coco_annotations,
+        "categories": [NAIL_CATEGORY],
+    }

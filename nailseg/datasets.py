@@ -1,0 +1,361 @@
+"""Dataset edge: find photo/label pairs on disk, convert them in parallel, split, save COCO.
+
+Two layouts are detected automatically:
+
+* semantic (the seed's): ``ROOT/Images/<group>/<name>.<ext>`` + ``ROOT/Masks/<group>/<name>.<ext>``,
+  matched by stem (``images``/``masks`` in any case also accepted);
+* YOLO-seg: ``ROOT/images/*`` + ``ROOT/labels/*.txt`` polygons, flat or inside
+  ``train/ valid/ test/`` folders (the split folder is the group); every class maps to ``nail``.
+
+The pure conversion steps are in :mod:`nailseg.convert`; this module only reads, writes and
+schedules them. It must not import torch or mmdet so that ``nailseg convert`` starts fast.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+import tempfile
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from nailseg import convert
+from nailseg.images import exif_size
+
+IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One photo and its label file, paths relative to the dataset root."""
+
+    image: str
+    label: str
+    group: str
+    kind: str  # "mask" (semantic PNG) or "yolo" (polygon .txt)
+
+
+@dataclass
+class ConvertedSample:
+    """What a worker returns for one sample: COCO image fields, annotations, or a problem."""
+
+    sample: Sample
+    width: int = 0
+    height: int = 0
+    sha1: str = ""
+    annotations: list[dict] = field(default_factory=list)
+    problem: str | None = None
+
+
+@dataclass
+class ConversionReport:
+    """Everything ``nailseg convert`` writes and prints."""
+
+    root: Path
+    layout: str
+    train: dict
+    valid: dict
+    manifest: "pandas.DataFrame"  # noqa: F821 - imported lazily
+    problems: list[tuple[str, str]]  # (path relative to root, what is wrong)
+
+    @property
+    def converted(self) -> int:
+        return len(self.train["images"]) + len(self.valid["images"])
+
+    def summary(self) -> dict:
+        nails = len(self.train["annotations"]) + len(self.valid["annotations"])
+        groups = self.manifest.groupby("group").size().to_dict() if len(self.manifest) else {}
+        return {
+            "root": str(self.root),
+            "layout": self.layout,
+            "photos": self.converted,
+            "nails": nails,
+            "nails_per_photo": round(nails / self.converted, 2) if self.converted else 0.0,
+            "train": {"photos": len(self.train["images"]), "nails": len(self.train["annotations"])},
+            "valid": {"photos": len(self.valid["images"]), "nails": len(self.valid["annotations"])},
+            "groups": {str(k): int(v) for k, v in groups.items()},
+            "problems": [{"file": f, "problem": p} for f, p in self.problems],
+        }
+
+
+def _find_dir(parent: Path, name: str) -> Path | None:
+    for child in sorted(parent.iterdir()) if parent.is_dir() else []:
+        if child.is_dir() and child.name.lower() == name:
+            return child
+    return None
+
+
+def _files(folder: Path, extensions: set[str]) -> list[Path]:
+    return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in extensions)
+
+
+def _group_of(path: Path, base: Path) -> str:
+    parent = path.parent.relative_to(base).as_posix()
+    return "default" if parent == "." else parent
+
+
+def discover(root: str | Path) -> tuple[str, list[Sample], list[tuple[str, str]]]:
+    """Find every photo and its label under ``root``.
+
+    Returns:
+        ``(layout, samples, problems)``: layout is ``"semantic"`` or ``"yolo"``; problems are
+        ``(relative path, message)`` pairs for photos without labels and labels without photos.
+
+    Raises:
+        ValueError: when ``root`` is not a folder or holds neither layout.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise ValueError(f"dataset folder not found: {root}")
+    images_dir, masks_dir = _find_dir(root, "images"), _find_dir(root, "masks")
+    if images_dir and masks_dir:
+        return ("semantic", *_pair(root, images_dir, masks_dir, IMAGE_EXTENSIONS, "mask"))
+    yolo_roots = [root] if _find_dir(root, "labels") else []
+    yolo_roots += [d for d in sorted(root.iterdir()) if d.is_dir() and _find_dir(d, "labels")]
+    if yolo_roots:
+        samples, problems = [], []
+        for split_root in yolo_roots:
+            images = _find_dir(split_root, "images")
+            if images is None:
+                problems.append((split_root.relative_to(root).as_posix(), "labels/ without images/"))
+                continue
+            found, missing = _pair(root, images, _find_dir(split_root, "labels"), {".txt"}, "yolo")
+            group = "default" if split_root == root else split_root.name
+            samples += [Sample(s.image, s.label, group, s.kind) for s in found]
+            problems += missing
+        return "yolo", samples, problems
+    raise ValueError(
+        f"no dataset found in {root}: expected Images/ + Masks/ (semantic masks) "
+        "or images/ + labels/ (YOLO-seg polygons)"
+    )
+
+
+def _pair(root: Path, images_dir: Path, labels_dir: Path, label_exts: set[str], kind: str):
+    images = {(_group_of(p, images_dir), p.stem): p for p in _files(images_dir, IMAGE_EXTENSIONS)}
+    labels = {(_group_of(p, labels_dir), p.stem): p for p in _files(labels_dir, label_exts)}
+    samples, problems = [], []
+    for key, image in images.items():
+        if key in labels:
+            rel = (image.relative_to(root).as_posix(), labels[key].relative_to(root).as_posix())
+            samples.append(Sample(*rel, group=key[0], kind=kind))
+        else:
+            problems.append((image.relative_to(root).as_posix(), "photo without a label"))
+    for key, label in labels.items():
+        if key not in images:
+            problems.append((label.relative_to(root).as_posix(), "label without a photo"))
+    return samples, problems
+
+
+def load_mask(path: Path) -> np.ndarray:
+    """Read a mask file as stored (any bit depth, grey or colour). Raises ValueError if unreadable."""
+    import cv2
+
+    data = np.fromfile(path, np.uint8)
+    if data.size == 0:
+        raise ValueError("empty file")
+    mask = cv2.imdecode(data, cv2.IMREAD_UNCHANGED | cv2.IMREAD_IGNORE_ORIENTATION)
+    if mask is None:
+        raise ValueError("unreadable mask")
+    return mask
+
+
+def load_yolo_polygons(path: Path, width: int, height: int) -> list[np.ndarray]:
+    """Read a YOLO-seg label file into ``(K, 2)`` pixel-coordinate polygons (class ids ignored)."""
+    polygons = []
+    for line_no, line in enumerate(path.read_text().splitlines(), start=1):
+        values = line.split()
+        if not values:
+            continue
+        coords = np.array(values[1:], dtype=np.float64)
+        if len(coords) < 6 or len(coords) % 2:
+            raise ValueError(f"line {line_no}: a polygon needs an even number of >= 6 coordinates")
+        polygons.append(coords.reshape(-1, 2) * (width, height))
+    return polygons
+
+
+def convert_sample(root: Path, sample: Sample, min_area: int, split_touching: bool) -> ConvertedSample:
+    """Read one photo and its label and turn it into COCO annotations; never raises."""
+    out = ConvertedSample(sample)
+    image_path, label_path = root / sample.image, root / sample.label
+    try:
+        data = image_path.read_bytes()
+        if not data:
+            raise ValueError("empty photo file")
+        out.sha1 = hashlib.sha1(data).hexdigest()
+        out.width, out.height = exif_size(image_path)
+        if sample.kind == "yolo":
+            polygons = load_yolo_polygons(label_path, out.width, out.height)
+            instances = convert.polygons_to_instances(polygons, out.height, out.width)
+            instances = [m for m in instances if m.sum() >= min_area]
+        else:
+            mask = load_mask(label_path)
+            if mask.shape[:2] != (out.height, out.width):
+                raise ValueError(
+                    f"size mismatch: photo {out.width}x{out.height}, mask {mask.shape[1]}x{mask.shape[0]}"
+                )
+            binary = convert.binarize_mask(mask)
+            instances = convert.mask_to_instances(binary, min_area, split_touching)
+        out.annotations = [convert.instance_to_annotation(m) for m in instances]
+    except (OSError, ValueError) as err:
+        out.problem = str(err) or type(err).__name__
+    return out
+
+
+def _convert_chunk(args) -> list[ConvertedSample]:
+    root, chunk, min_area, split_touching = args
+    return [convert_sample(root, s, min_area, split_touching) for s in chunk]
+
+
+def split_samples(samples: list[ConvertedSample], valid_fraction: float, seed: int) -> list[str]:
+    """Assign each sample to ``"train"`` or ``"valid"``, reproducibly and stratified by group.
+
+    Photos that are byte-identical, or share a source stem (the part before a Roboflow
+    ``.rf.<hash>`` suffix), form one cluster and always land on the same side.
+    """
+    parent = list(range(len(samples)))
+
+    def find(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    first_seen: dict[str, int] = {}
+    for i, s in enumerate(samples):
+        stem = Path(s.sample.image).name.split(".rf.")[0] if ".rf." in s.sample.image else None
+        for key in (f"sha1:{s.sha1}", f"stem:{stem}" if stem else None):
+            if key is None:
+                continue
+            j = first_seen.setdefault(key, i)
+            parent[find(i)] = find(j)
+    clusters: dict[int, list[int]] = {}
+    for i in range(len(samples)):
+        clusters.setdefault(find(i), []).append(i)
+
+    sides = ["train"] * len(samples)
+    if valid_fraction <= 0:
+        return sides
+    by_group: dict[str, list[list[int]]] = {}
+    for members in clusters.values():
+        by_group.setdefault(samples[members[0]].sample.group, []).append(members)
+    rng = np.random.default_rng(seed)
+    for group in sorted(by_group):
+        group_clusters = sorted(by_group[group], key=lambda m: samples[m[0]].sample.image)
+        target = round(valid_fraction * sum(len(m) for m in group_clusters))
+        taken = 0
+        for k in rng.permutation(len(group_clusters)):
+            if taken >= target:
+                break
+            for i in group_clusters[k]:
+                sides[i] = "valid"
+            taken += len(group_clusters[k])
+    return sides
+
+
+def convert_dataset(
+    root: str | Path,
+    valid_fraction: float = 0.2,
+    seed: int = 0,
+    min_area: int = convert.DEFAULT_MIN_AREA,
+    split_touching: bool = False,
+    workers: int | None = None,
+    progress: bool | None = None,
+) -> ConversionReport:
+    """Convert a dataset folder into train/valid COCO dicts and a manifest (nothing is written).
+
+    Args:
+        root: dataset folder in either supported layout.
+        valid_fraction: share of photos (per group) held out for validation; 0 puts all in train.
+        seed: seed of the split.
+        min_area: nails smaller than this many pixels are dropped.
+        split_touching: split touching nails by watershed (semantic masks only).
+        workers: processes to use; default: all cores.
+        progress: show a progress bar; default: only on a terminal.
+    """
+    import pandas as pd
+    from tqdm.auto import tqdm
+
+    if not 0 <= valid_fraction < 1:
+        raise ValueError(f"valid fraction must be in [0, 1), got {valid_fraction}")
+    root = Path(root).resolve()
+    layout, samples, problems = discover(root)
+    workers = workers or os.cpu_count() or 1
+    chunks = [samples[i : i + 32] for i in range(0, len(samples), 32)]
+    jobs = [(root, chunk, min_area, split_touching) for chunk in chunks]
+    show = sys.stderr.isatty() if progress is None else progress
+    bar = tqdm(total=len(samples), unit="photo", desc="convert", disable=not show)
+    results: list[ConvertedSample] = []
+    if workers > 1 and len(chunks) > 1:
+        with ProcessPoolExecutor(workers) as pool:
+            for chunk_result in pool.map(_convert_chunk, jobs):
+                results += chunk_result
+                bar.update(len(chunk_result))
+    else:
+        for job in jobs:
+            results += _convert_chunk(job)
+            bar.update(len(job[1]))
+    bar.close()
+
+    ok = [r for r in results if r.problem is None]
+    problems += [(r.sample.image, r.problem) for r in results if r.problem is not None]
+    sides = split_samples(ok, valid_fraction, seed)
+    info = {"description": "NailSeg instances", "dataset_root": str(root), "layout": layout}
+    split_dicts = {}
+    for side in ("train", "valid"):
+        chosen = [r for r, s in zip(ok, sides) if s == side]
+        images = [
+            {"file_name": r.sample.image, "width": r.width, "height": r.height, "group": r.sample.group}
+            for r in chosen
+        ]
+        split_dicts[side] = convert.build_coco(images, [r.annotations for r in chosen], info)
+    manifest = pd.DataFrame(
+        {
+            "images": [r.sample.image for r in ok],
+            "masks": [r.sample.label for r in ok],
+            "width": [r.width for r in ok],
+            "height": [r.height for r in ok],
+            "group": [r.sample.group for r in ok],
+            "split": sides,
+            "nails": [len(r.annotations) for r in ok],
+        }
+    )
+    return ConversionReport(root, layout, split_dicts["train"], split_dicts["valid"], manifest, problems)
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_report(report: ConversionReport, out_dir: str | Path) -> list[Path]:
+    """Write ``train.json``, ``valid.json`` and ``manifest.csv`` into ``out_dir``, each atomically.
+
+    Nothing else in ``out_dir`` is touched.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name, text in (
+        ("train.json", json.dumps(report.train)),
+        ("valid.json", json.dumps(report.valid)),
+        ("manifest.csv", report.manifest.to_csv(index=False)),
+    ):
+        _write_atomic(out_dir / name, text)
+        written.append(out_dir / name)
+    return written
+
+
+def load_coco(path: str | Path) -> dict:
+    """Read a COCO json written by :func:`save_report`."""
+    return json.loads(Path(path).read_text())

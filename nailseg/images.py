@@ -1,0 +1,80 @@
+"""Reading photos the way a user expects: EXIF orientation applied, any mode turned into RGB."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+# A 50-megapixel phone photo is fine; larger is almost surely a mistake or a decompression bomb.
+MAX_PIXELS = 60_000_000
+_ROTATED = {5, 6, 7, 8}  # EXIF orientations that swap width and height
+
+
+class ImageError(ValueError):
+    """A photo that cannot be used; the message says why, in words a user understands."""
+
+
+def exif_size(path: str | Path) -> tuple[int, int]:
+    """``(width, height)`` of a photo after EXIF rotation, read from the header only."""
+    try:
+        with Image.open(path) as im:
+            width, height = im.size
+            orientation = im.getexif().get(0x0112, 1)
+    except (UnidentifiedImageError, OSError) as err:
+        raise ImageError(f"not a readable image ({err.__class__.__name__})") from err
+    return (height, width) if orientation in _ROTATED else (width, height)
+
+
+def load_image_rgb(source: str | Path | bytes | Image.Image, max_pixels: int = MAX_PIXELS) -> np.ndarray:
+    """Decode a photo into an ``(H, W, 3) uint8 RGB`` array, EXIF orientation applied.
+
+    Grayscale, palette, RGBA (composited on white), CMYK and 16-bit photos are all converted.
+
+    Raises:
+        ImageError: empty, truncated, not an image, or larger than ``max_pixels``.
+    """
+    try:
+        if isinstance(source, Image.Image):
+            im = source
+        else:
+            if isinstance(source, bytes):
+                if not source:
+                    raise ImageError("the file is empty (0 bytes)")
+                im = Image.open(io.BytesIO(source))
+            else:
+                if Path(source).stat().st_size == 0:
+                    raise ImageError("the file is empty (0 bytes)")
+                im = Image.open(source)
+        if im.width * im.height > max_pixels:
+            raise ImageError(
+                f"the photo is {im.width}x{im.height} ({im.width * im.height / 1e6:.0f} MP); "
+                f"the limit is {max_pixels / 1e6:.0f} MP"
+            )
+        im.load()
+        im = ImageOps.exif_transpose(im)
+        return _to_rgb(im)
+    except ImageError:
+        raise
+    except Image.DecompressionBombError as err:
+        raise ImageError(f"the photo is too large: {err}") from err
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
+        if "truncated" in str(err).lower():
+            raise ImageError("the image file is truncated (incomplete download?)") from err
+        raise ImageError(f"not a readable image ({err})") from err
+
+
+def _to_rgb(im: Image.Image) -> np.ndarray:
+    if im.mode in ("I;16", "I;16B", "I;16L", "I"):
+        # 16-bit grey: scale the used range to 8 bits rather than clipping at 255.
+        arr = np.asarray(im, dtype=np.float64)
+        peak = arr.max() if arr.size and arr.max() > 0 else 1.0
+        grey = (arr / (65535.0 if peak > 255 else 255.0) * 255.0).clip(0, 255).astype(np.uint8)
+        return np.repeat(grey[..., None], 3, axis=2)
+    if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
+        im = im.convert("RGBA")
+        background = Image.new("RGBA", im.size, (255, 255, 255, 255))
+        im = Image.alpha_composite(background, im)
+    return np.ascontiguousarray(np.asarray(im.convert("RGB"), dtype=np.uint8))

@@ -1,0 +1,131 @@
+"""Inference: load a model once, turn photos into :class:`~nailseg.result.Nails`.
+
+This is the only module that touches mmdet's result types (``DetDataSample``); everything
+downstream sees ``Nails``. It never draws (see :mod:`nailseg.draw`).
+"""
+
+from __future__ import annotations
+
+import copy
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from nailseg.result import Nails
+from nailseg.weights import ResolvedWeights, load_state_dict, resolve_weights
+
+DEFAULT_SCORE_THR = 0.5
+# The model sees photos at ~432 px; a 50 MP photo is shrunk to this long side before inference
+# and its masks are scaled back, which keeps memory flat without changing what the model sees.
+MAX_INFERENCE_SIDE = 1600
+
+
+@dataclass
+class NailSegmenter:
+    """A loaded model and its test pipeline. Thread-safe: one photo at a time per model."""
+
+    model: object
+    pipeline: object
+    weights: ResolvedWeights
+    device: str
+    load_seconds: float
+
+    def __post_init__(self) -> None:
+        self._lock = threading.Lock()
+
+    def predict(self, image_rgb: np.ndarray, score_thr: float = DEFAULT_SCORE_THR) -> Nails:
+        """Find the nails in one photo.
+
+        Args:
+            image_rgb: ``(H, W, 3) uint8`` RGB photo (EXIF rotation already applied, see
+                :func:`nailseg.images.load_image_rgb`).
+            score_thr: keep nails scoring at least this, in ``[0, 1]``.
+
+        Returns:
+            ``Nails`` in pixels of ``image_rgb``, numbered in reading order.
+        """
+        return self.predict_all(image_rgb).filter(score_thr)
+
+    def predict_all(self, image_rgb: np.ndarray) -> Nails:
+        """Every detection the model emits (its own low floor, at most its ``max_per_img``)."""
+        import torch
+
+        if image_rgb.ndim != 3 or image_rgb.shape[2] != 3 or image_rgb.dtype != np.uint8:
+            raise ValueError(f"expected (H, W, 3) uint8 RGB, got {image_rgb.shape} {image_rgb.dtype}")
+        height, width = image_rgb.shape[:2]
+        scale = min(1.0, MAX_INFERENCE_SIDE / max(height, width))
+        small = image_rgb if scale == 1.0 else cv2.resize(
+            image_rgb, (round(width * scale), round(height * scale)), interpolation=cv2.INTER_AREA)
+        data = self.pipeline({"img": np.ascontiguousarray(small[..., ::-1]), "img_id": 0})  # mmdet wants BGR
+        batch = {"inputs": [data["inputs"]], "data_samples": [data["data_samples"]]}
+        with self._lock, torch.no_grad():
+            sample = self.model.test_step(batch)[0]
+        return _to_nails(sample, scale, height, width)
+
+
+def _to_nails(sample, scale: float, height: int, width: int) -> Nails:
+    """The adapter: mmdet ``DetDataSample`` -> ``Nails`` (reading order)."""
+    inst = sample.pred_instances
+    boxes = inst.bboxes.cpu().numpy().astype(np.float32) / scale
+    scores = inst.scores.cpu().numpy().astype(np.float32)
+    masks = inst.masks.cpu().numpy().astype(bool) if len(scores) else np.zeros((0, height, width), bool)
+    if scale != 1.0 and len(scores):
+        masks = np.stack([cv2.resize(m.astype(np.uint8), (width, height), interpolation=cv2.INTER_NEAREST)
+                          for m in masks]).astype(bool)  # fmt: skip
+    boxes[:, 0::2] = boxes[:, 0::2].clip(0, width)
+    boxes[:, 1::2] = boxes[:, 1::2].clip(0, height)
+    return Nails(boxes, masks, scores).in_reading_order()
+
+
+def default_device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def load_model(weights: str | Path | None = None, device: str | None = None) -> NailSegmenter:
+    """Build the model of a weights spec and load its weights (no unpickling).
+
+    Args:
+        weights: local path or ``hf://owner/repo[@rev]/file``; default ``$NAILSEG_WEIGHTS``,
+            then the bundled model. The config is the ``.py`` file with the same stem.
+        device: ``"cpu"``, ``"cuda"``...; default CUDA when present.
+    """
+    from mmcv.transforms import Compose
+    from mmengine.config import Config
+    from mmengine.registry import init_default_scope
+
+    from mmdet.registry import MODELS
+
+    start = time.perf_counter()
+    resolved = resolve_weights(weights)
+    device = device or default_device()
+    cfg = Config.fromfile(str(resolved.config))
+    init_default_scope(cfg.get("default_scope", "mmdet"))
+    model_cfg = copy.deepcopy(cfg.model)
+    if "pretrained" in model_cfg.backbone:
+        model_cfg.backbone.pretrained = False  # the weights file holds the trained backbone
+    model_cfg.backbone.pop("init_cfg", None)
+    model = MODELS.build(model_cfg)
+    model.load_state_dict(load_state_dict(resolved.weights), strict=True)
+    model.to(device).eval()
+    model.dataset_meta = {"classes": ("nail",)}
+    pipeline = Compose(_inference_pipeline(cfg))
+    return NailSegmenter(model, pipeline, resolved, device, time.perf_counter() - start)
+
+
+def _inference_pipeline(cfg) -> list[dict]:
+    """The config's test pipeline, reading an array instead of a file and without annotations."""
+    steps = [dict(type="mmdet.LoadImageFromNDArray")]
+    for step in cfg.test_dataloader.dataset.pipeline:
+        if step["type"] in ("LoadImageFromFile", "LoadAnnotations"):
+            continue
+        step = dict(step)
+        if step["type"] == "PackDetInputs":
+            step["meta_keys"] = ("img_id", "ori_shape", "img_shape", "scale_factor")
+        steps.append(step)
+    return steps

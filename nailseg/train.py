@@ -1,0 +1,153 @@
+"""Training: a thin wrapper over mmengine's ``Runner`` that points a config at converted data.
+
+``build_config`` does everything that needs no training (so it is tested on its own);
+``train`` hands the result to ``Runner.from_cfg(cfg).train()``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import warnings
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+CONFIG_DIR = REPO_ROOT / "configs"
+DEFAULT_CONFIG = CONFIG_DIR / "mask-rcnn_effilite0_fpn-128_nails.py"
+
+
+def _count_images(ann_file: Path) -> tuple[int, int, str]:
+    coco = json.loads(ann_file.read_text())
+    annotated = len({a["image_id"] for a in coco["annotations"]})
+    return len(coco["images"]), annotated, coco.get("info", {}).get("dataset_root", "")
+
+
+def _rescale_schedule(cfg, factor: float, by_epoch: bool) -> None:
+    """Stretch the lr schedule entries counted in the loop's unit by ``factor``."""
+    for sched in cfg.param_scheduler:
+        if sched.get("by_epoch", True) != by_epoch:
+            continue
+        for key in ("begin", "end", "T_max"):
+            if key in sched and sched[key] is not None and sched[key] < 2**30:
+                sched[key] = max(1, round(sched[key] * factor)) if key != "begin" else round(sched[key] * factor)
+        if "milestones" in sched:
+            sched["milestones"] = [max(1, round(m * factor)) for m in sched["milestones"]]
+
+
+def _reachable(url: str, timeout: float = 3.0) -> bool:
+    import urllib.request
+
+    try:
+        urllib.request.urlopen(urllib.request.Request(url, method="HEAD"), timeout=timeout)
+        return True
+    except Exception:  # noqa: BLE001 - any failure means "not now"
+        return False
+
+
+def build_config(
+    config: str | Path = DEFAULT_CONFIG,
+    data: str | Path = "data/coco",
+    work_dir: str | Path | None = None,
+    epochs: int | None = None,
+    batch_size: int | None = None,
+    lr: float | None = None,
+    cfg_options: dict | None = None,
+):
+    """Load a config and point it at the output of ``nailseg convert``.
+
+    Args:
+        config: config file (``configs/*.py``).
+        data: folder holding ``train.json`` and ``valid.json``; the photos are found through the
+            ``dataset_root`` recorded in them.
+        work_dir: where logs and checkpoints go (default ``work_dirs/<config name>``).
+        epochs: passes over the training photos; iteration-based configs are converted to
+            iterations and their lr schedule stretched to match.
+        batch_size: photos per iteration.
+        lr: optimizer learning rate.
+        cfg_options: further ``key.sub=value`` overrides, applied last.
+
+    Returns:
+        An ``mmengine.Config`` ready for ``Runner.from_cfg``.
+    """
+    from mmengine.config import Config
+
+    config, data = Path(config), Path(data).resolve()
+    train_json, valid_json = data / "train.json", data / "valid.json"
+    if not train_json.is_file():
+        raise FileNotFoundError(f"{train_json} not found: run `nailseg convert ROOT --out {data}` first")
+    n_train, n_annotated, dataset_root = _count_images(train_json)
+    if n_annotated == 0:
+        raise ValueError(f"{train_json} has no annotated photo to train on")
+    if not dataset_root or not Path(dataset_root).is_dir():
+        raise FileNotFoundError(f"photos folder {dataset_root!r} recorded in {train_json} does not exist")
+
+    cfg = Config.fromfile(str(config))
+    cfg.work_dir = str(work_dir or REPO_ROOT / "work_dirs" / config.stem)
+    for loader, ann in (("train_dataloader", train_json), ("val_dataloader", valid_json),
+                        ("test_dataloader", valid_json)):  # fmt: skip
+        cfg[loader].dataset.data_root = dataset_root
+        cfg[loader].dataset.ann_file = str(ann)
+    cfg.val_evaluator.ann_file = cfg.test_evaluator.ann_file = str(valid_json)
+    if not valid_json.is_file() or not _count_images(valid_json)[0]:
+        # Converted with --valid-fraction 0: train without validation.
+        cfg.val_cfg = cfg.val_dataloader = cfg.val_evaluator = None
+        cfg.test_cfg = cfg.test_dataloader = cfg.test_evaluator = None
+    if batch_size:
+        cfg.train_dataloader.batch_size = batch_size
+    if lr:
+        cfg.optim_wrapper.optimizer.lr = lr
+
+    iter_based = cfg.train_cfg.get("type") == "IterBasedTrainLoop"
+    if epochs:
+        if iter_based:
+            per_epoch = math.ceil(n_annotated / cfg.train_dataloader.batch_size)
+            new = epochs * per_epoch
+            _rescale_schedule(cfg, new / cfg.train_cfg.max_iters, by_epoch=False)
+            cfg.train_cfg.max_iters = new
+            cfg.train_cfg.val_interval = min(per_epoch, new)
+            # At least one checkpoint per epoch, and one per 100 iterations at most.
+            ckpt = cfg.default_hooks.checkpoint
+            ckpt.interval = min(ckpt.get("interval", per_epoch), per_epoch)
+        else:
+            _rescale_schedule(cfg, epochs / cfg.train_cfg.max_epochs, by_epoch=True)
+            cfg.train_cfg.max_epochs = epochs
+    if cfg_options:
+        cfg.merge_from_dict(cfg_options)
+    _drop_unreachable_downloads(cfg)
+    return cfg
+
+
+def _drop_unreachable_downloads(cfg) -> None:
+    """Offline, a pretrained URL would stop training before it starts; warn and go without."""
+    load_from = cfg.get("load_from")
+    if isinstance(load_from, str) and load_from.startswith("http"):
+        from torch.hub import get_dir
+
+        cached = Path(get_dir()) / "checkpoints" / load_from.rsplit("/", 1)[-1]
+        if not cached.is_file() and not _reachable(load_from):
+            warnings.warn(f"cannot reach {load_from}; training without it (load_from=None)", stacklevel=2)
+            cfg.load_from = None
+    init = cfg.model.get("backbone", {}).get("init_cfg") or {}
+    checkpoint = init.get("checkpoint", "") if isinstance(init, dict) else ""
+    if checkpoint.startswith("open-mmlab://") and not _reachable("https://download.openmmlab.com"):
+        warnings.warn(f"cannot reach OpenMMLab for {checkpoint}; backbone starts from random weights",
+                      stacklevel=2)  # fmt: skip
+        cfg.model.backbone.init_cfg = None
+
+
+def train(cfg, resume: bool = False) -> Path:
+    """Run training; with ``resume`` continue from the newest checkpoint in ``cfg.work_dir``.
+
+    Returns:
+        Path of the newest checkpoint.
+    """
+    from mmengine.runner import Runner
+
+    import nailseg.model  # noqa: F401 - registers the backbone and mask head
+
+    cfg.resume = bool(resume)
+    cfg.load_from = None if resume else cfg.get("load_from")
+    runner = Runner.from_cfg(cfg)
+    runner.train()
+    last = Path(cfg.work_dir) / "last_checkpoint"
+    return Path(last.read_text().strip()) if last.is_file() else Path(cfg.work_dir)

@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Create .venv/ and install NailSeg in the order that works; a second run takes seconds.
+#   scripts/setup.sh          runtime packages (the app, the CLI)
+#   scripts/setup.sh --dev    plus test tools and, as root, Debian's chromium for browser tests
+set -euo pipefail
+cd "$(dirname "$0")/.."
+dev=0; [[ "${1:-}" == "--dev" ]] && dev=1
+py=${PYTHON:-python3.11}
+venv=.venv
+stamp="$venv/.nailseg-setup-$(cat requirements.txt requirements-dev.txt pyproject.toml scripts/setup.sh | sha1sum | cut -c1-12)-$dev"
+
+if [[ ! -f "$stamp" ]]; then
+  [[ -x "$venv/bin/python" ]] || "$py" -m venv "$venv"
+  pip=("$venv/bin/python" -m pip --disable-pip-version-check -q)
+  pin() { grep -E "^$1==" requirements.txt; }
+  # 1. torch (the CPU wheel on this machine's disk), numpy and a setuptools that still has
+  #    pkg_resources: mmcv's setup.py and mmengine import it.
+  "${pip[@]}" install "$(pin torch)" "$(pin numpy)" "$(pin setuptools)" wheel
+  # 2. mmcv 2.1.0 exists only as source: build it against that torch (pip caches the wheel, so a
+  #    fresh venv later installs it in seconds).
+  if ! "$venv/bin/python" -c "import mmcv, mmcv.ops" 2>/dev/null; then
+    echo "building mmcv from source (about 10 minutes, once per machine)..." >&2
+    MAX_JOBS=${MAX_JOBS:-$(nproc)} "${pip[@]}" install --no-build-isolation "$(pin mmcv)"
+  fi
+  # 3. everything else, pinned; then nailseg itself (editable, no dependency resolution).
+  "${pip[@]}" install -r requirements.txt
+  if [[ $dev == 1 ]]; then "${pip[@]}" install -r requirements-dev.txt; fi
+  "${pip[@]}" install --no-deps --no-build-isolation -e .
+  rm -f "$venv"/.nailseg-setup-*
+  touch "$stamp"
+fi
+
+if [[ $dev == 1 && ! -x /usr/bin/chromium ]]; then
+  if [[ $(id -u) == 0 ]]; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null
+  else
+    echo "note: browser tests need Debian's chromium (sudo apt-get install chromium chromium-driver)" >&2
+  fi
+fi
