@@ -12,8 +12,7 @@ import sys
 from pathlib import Path
 
 from nailseg.convert import DEFAULT_MIN_AREA
-
-DEFAULT_SCORE_THR = 0.5
+from nailseg.inference import DEFAULT_SCORE_THR
 
 
 def _convert(args: argparse.Namespace) -> int:
@@ -60,6 +59,53 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _predict(args: argparse.Namespace) -> int:
+    from nailseg.images import ImageError, load_image_rgb
+    from nailseg.inference import load_model
+    from nailseg.outputs import save_nail_files, unique_stems
+
+    segmenter = load_model(args.weights)
+    args.out.mkdir(parents=True, exist_ok=True)
+    results, failed = [], 0
+    for image_id, (path, stem) in enumerate(zip(args.images, unique_stems(args.images)), start=1):
+        try:
+            rgb = load_image_rgb(path)
+        except (ImageError, OSError) as err:
+            print(f"problem: {path}: {err}", file=sys.stderr)
+            failed += 1
+            continue
+        nails = segmenter.predict(rgb, args.score_thr)
+        save_nail_files(args.out, stem, rgb, nails)
+        for result in nails.to_coco_results(image_id):
+            results.append({**result, "file_name": str(path)})
+        print(f"{path}: {len(nails)} nail(s)")
+    (args.out / "predictions.json").write_text(json.dumps(results))
+    print(f"wrote {args.out / 'predictions.json'} ({len(results)} nails, weights: {segmenter.weights.source})")
+    return 1 if failed == len(args.images) else 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from nailseg.datasets import load_coco
+    from nailseg.evaluate import coco_ap, predict_dataset
+    from nailseg.inference import load_model
+
+    gt = load_coco(args.ann_file)
+    results = predict_dataset(load_model(args.weights), gt, args.img_dir, progress=sys.stderr.isatty())
+    if args.dump:
+        args.dump.write_text(json.dumps(results))
+    print(json.dumps(coco_ap(gt, results)))
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from nailseg.weights import export_weights
+
+    out = export_weights(args.checkpoint, args.out, half=not args.fp32)
+    size = out.stat().st_size / 2**20
+    print(f"wrote {out} ({size:.1f} MiB) and {out.with_suffix('.py')}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="nailseg", description="Fingernail instance segmentation.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -83,15 +129,39 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=None, help="photos per iteration")
     p.add_argument("--lr", type=float, default=None, help="learning rate")
     p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --work-dir")
-    p.add_argument("--cfg-options", nargs="+", default=None, metavar="KEY=VALUE", help="config overrides, e.g. train_cfg.max_iters=100")
+    p.add_argument("--cfg-options", nargs="+", default=None, metavar="KEY=VALUE",
+                   help="config overrides, e.g. train_cfg.max_iters=100")  # fmt: skip
     p.set_defaults(func=_train)
+
+    weights_help = "local .safetensors or hf://owner/repo[@rev]/file (default: $NAILSEG_WEIGHTS, then bundled)"
+    p = sub.add_parser("predict", help="segment photos: predictions.json, overlays, nail crops")
+    p.add_argument("images", type=Path, nargs="+", metavar="IMAGE", help="photos to segment")
+    p.add_argument("--out", type=Path, required=True, help="output folder")
+    p.add_argument("--score-thr", type=float, default=DEFAULT_SCORE_THR, help="keep nails scoring at least this")
+    p.add_argument("--weights", default=None, help=weights_help)
+    p.set_defaults(func=_predict)
+
+    p = sub.add_parser("evaluate", help="COCO bbox/segm AP of a model on a ground-truth file")
+    p.add_argument("--ann-file", type=Path, required=True, help="COCO ground truth (e.g. valid.json)")
+    p.add_argument("--img-dir", type=Path, required=True, help="folder the file_name entries are relative to")
+    p.add_argument("--weights", default=None, help=weights_help)
+    p.add_argument("--dump", type=Path, default=None, help="write every detection (COCO results) here")
+    p.set_defaults(func=_evaluate)
+
+    p = sub.add_parser("export", help="training checkpoint -> .safetensors weights + config (no pickle)")
+    p.add_argument("checkpoint", type=Path, help="mmengine checkpoint (.pth) from `nailseg train`")
+    p.add_argument("--out", type=Path, required=True, help="weights file to write (NAME.safetensors)")
+    p.add_argument("--fp32", action="store_true", help="store float32 (default: float16, half the size)")
+    p.set_defaults(func=_export)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    from nailseg.weights import WeightsError
+
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError) as err:
+    except (ValueError, FileNotFoundError, WeightsError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

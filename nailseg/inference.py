@@ -96,10 +96,9 @@ def load_model(weights: str | Path | None = None, device: str | None = None) -> 
         device: ``"cpu"``, ``"cuda"``...; default CUDA when present.
     """
     from mmcv.transforms import Compose
+    from mmdet.registry import MODELS
     from mmengine.config import Config
     from mmengine.registry import init_default_scope
-
-    from mmdet.registry import MODELS
 
     start = time.perf_counter()
     resolved = resolve_weights(weights)

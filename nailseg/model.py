@@ -11,12 +11,11 @@ lukemelas' ``EfficientNet`` so that the weights in ``efficientnet-lite0-pytorch-
 from __future__ import annotations
 
 import torch
+from mmdet.models.roi_heads.mask_heads import FCNMaskHead
+from mmdet.registry import MODELS
 from mmengine.model import BaseModule
 from torch import nn
 from torch.nn import functional as F
-
-from mmdet.models.roi_heads.mask_heads import FCNMaskHead
-from mmdet.registry import MODELS
 
 # (expand ratio, kernel, stride, out channels, repeats) per stage: EfficientNet-Lite0.
 LITE0_STAGES = [(1, 3, 1, 16, 1), (6, 3, 2, 24, 2), (6, 5, 2, 40, 2), (6, 3, 2, 80, 3),

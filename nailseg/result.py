@@ -62,6 +62,26 @@ class Nails:
         cy = (self.boxes_xyxy[:, 1] + self.boxes_xyxy[:, 3]) / 2
         return self[np.lexsort((cy, cx))] if len(self) else self
 
+    def to_coco_results(self, image_id: int, category_id: int = 1) -> list[dict]:
+        """COCO results format, one dict per nail: xywh ``bbox``, ``score``, RLE ``segmentation``.
+
+        RLE ``counts`` is a ``str`` so the list can go straight into ``json.dump``.
+        """
+        from pycocotools import mask as mask_utils
+
+        results = []
+        for box, mask, score in zip(self.boxes_xyxy, self.masks, self.scores):
+            rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
+            x0, y0, x1, y1 = (float(v) for v in box)
+            results.append({
+                "image_id": int(image_id),
+                "category_id": int(category_id),
+                "bbox": [round(x0, 2), round(y0, 2), round(x1 - x0, 2), round(y1 - y0, 2)],
+                "score": round(float(score), 5),
+                "segmentation": {"size": [int(v) for v in rle["size"]], "counts": rle["counts"].decode("ascii")},
+            })  # fmt: skip
+        return results
+
     def to_records(self) -> list[dict]:
         """One JSON-ready dict per nail: ``number`` (1-based), ``score``, ``box_xyxy``, ``area``."""
         return [

@@ -1,0 +1,130 @@
+"""CPU latency of the default model against stock mmdet Mask R-CNN R50-FPN, in one run.
+
+Reference: ``mask-rcnn_r50_fpn_1x_coco.py`` with 1 class, random init, at most 10 detections,
+test scale 432 (the photos' size), exported like our weights so both go through the same code.
+
+Prints, for each model: load time, median per-photo latency in-process, peak memory (RSS) of a
+process that loads the model and segments the photos, and the end-to-end per-photo time of
+``nailseg predict`` as whole processes: (time for 20 photos - time for 1 photo) / 19, median of 3,
+alternating models. Then the ratios.
+
+    .venv/bin/python bench/latency.py [--photos DIR] [--repeats 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+SHARED_PHOTOS = ROOT.parent / "shared" / "data" / "nails-roboflow" / "images"
+TEST_PHOTOS = ROOT / "tests" / "data" / "nails-roboflow" / "images"
+
+
+def export_reference(out_dir: Path) -> Path:
+    """Random-init 1-class Mask R-CNN R50-FPN as ``.safetensors`` + flattened config."""
+    import torch
+    from mmengine.config import Config
+    from mmengine.registry import init_default_scope
+    from safetensors.torch import save_file
+
+    from mmdet.registry import MODELS
+
+    cfg = Config.fromfile("mmdet::mask_rcnn/mask-rcnn_r50_fpn_1x_coco.py")
+    cfg.model.roi_head.bbox_head.num_classes = 1
+    cfg.model.roi_head.mask_head.num_classes = 1
+    cfg.model.test_cfg.rcnn.max_per_img = 10
+    cfg.model.backbone.init_cfg = None
+    for step in cfg.test_dataloader.dataset.pipeline:
+        if step["type"] == "Resize":
+            step["scale"] = (432, 432)
+    init_default_scope("mmdet")
+    torch.manual_seed(0)
+    model = MODELS.build(cfg.model)
+    model.init_weights()
+    weights = out_dir / "mask-rcnn_r50_fpn_reference.safetensors"
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(weights))
+    cfg.dump(str(weights.with_suffix(".py")))
+    return weights
+
+
+def worker(weights: str | None, photos: list[str]) -> dict:
+    """Load a model and segment ``photos`` in this process; report times and peak memory."""
+    import resource
+
+    from nailseg.images import load_image_rgb
+    from nailseg.inference import load_model
+
+    start = time.perf_counter()
+    seg = load_model(weights, device="cpu")
+    load_s = time.perf_counter() - start
+    images = [load_image_rgb(p) for p in photos]
+    seg.predict(images[0])  # warm-up
+    times = []
+    for img in images:
+        t = time.perf_counter()
+        seg.predict(img)
+        times.append(time.perf_counter() - t)
+    return {"load_s": load_s, "median_s": statistics.median(times),
+            "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}  # fmt: skip
+
+
+def run_worker(weights: str | None, photos: list[str]) -> dict:
+    cmd = [sys.executable, __file__, "--worker", "--weights", weights or "", *photos]
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def predict_seconds(weights: str | None, photos: list[str], out: Path) -> float:
+    cmd = [sys.executable, "-m", "nailseg", "predict", *photos, "--out", str(out)]
+    if weights:
+        cmd += ["--weights", weights]
+    start = time.perf_counter()
+    subprocess.run(cmd, check=True, capture_output=True)
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--photos", type=Path, default=SHARED_PHOTOS if SHARED_PHOTOS.is_dir() else TEST_PHOTOS)
+    parser.add_argument("--count", type=int, default=20, help="photos per end-to-end run")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--weights", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("files", nargs="*", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        print(json.dumps(worker(args.weights or None, args.files)))
+        return
+
+    available = sorted(str(p) for p in args.photos.glob("*.jpg"))
+    photos = (available * (args.count // max(len(available), 1) + 1))[: args.count]
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        models = {"default": None, "r50-reference": str(export_reference(tmp))}
+        report = {name: run_worker(w, photos) for name, w in models.items()}
+        e2e: dict[str, list[float]] = {name: [] for name in models}
+        for r in range(args.repeats):
+            for name, w in models.items():  # alternate so that machine noise hits both
+                many = predict_seconds(w, photos, tmp / f"{name}-{r}-many")
+                one = predict_seconds(w, photos[:1], tmp / f"{name}-{r}-one")
+                e2e[name].append((many - one) / (len(photos) - 1))
+        for name in models:
+            report[name]["predict_per_photo_s"] = statistics.median(e2e[name])
+    for name, r in report.items():
+        print(f"{name:14s} load {r['load_s']:.2f} s | in-process {r['median_s'] * 1000:.0f} ms/photo | "
+              f"nailseg predict {r['predict_per_photo_s'] * 1000:.0f} ms/photo | peak RSS {r['peak_rss_mib']:.0f} MiB")
+    ours, ref = report["default"], report["r50-reference"]
+    print(f"speed-up, in-process: {ref['median_s'] / ours['median_s']:.2f}x; "
+          f"nailseg predict end to end: {ref['predict_per_photo_s'] / ours['predict_per_photo_s']:.2f}x "
+          f"({len(photos)} photos minus 1, median of {args.repeats}, from {args.photos})")
+
+
+if __name__ == "__main__":
+    main()

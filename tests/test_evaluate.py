@@ -1,0 +1,60 @@
+"""COCO AP on a tiny ground truth, checked against values computed by hand."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from pycocotools import mask as mask_utils
+
+from nailseg.evaluate import coco_ap, nail_category_id
+
+
+def _rle(mask: np.ndarray) -> dict:
+    rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
+    return {"size": rle["size"], "counts": rle["counts"].decode()}
+
+
+def _square(x, y, s=10, size=(50, 50)):
+    m = np.zeros(size, bool)
+    m[y : y + s, x : x + s] = True
+    return m
+
+
+@pytest.fixture
+def gt():
+    anns = []
+    for k, (x, y) in enumerate([(5, 5), (30, 30)], start=1):
+        anns.append({"id": k, "image_id": 1, "category_id": 3, "bbox": [x, y, 10, 10], "area": 100,
+                     "iscrowd": 0, "segmentation": _rle(_square(x, y))})  # fmt: skip
+    return {"images": [{"id": 1, "width": 50, "height": 50, "file_name": "a.png"}], "annotations": anns,
+            "categories": [{"id": 3, "name": "Nail"}]}  # fmt: skip
+
+
+def _det(x, y, score):
+    mask = _rle(_square(x, y))
+    return {"image_id": 1, "category_id": 3, "bbox": [x, y, 10, 10], "score": score, "segmentation": mask}
+
+
+def test_category_lookup(gt):
+    assert nail_category_id(gt) == 3
+    with pytest.raises(ValueError):
+        nail_category_id({"categories": [{"id": 1, "name": "cat"}, {"id": 2, "name": "dog"}]})
+
+
+@pytest.mark.parametrize(
+    "detections, expected_ap",
+    [
+        ([], 0.0),
+        ([_det(5, 5, 0.9), _det(30, 30, 0.8)], 1.0),  # both found
+        # One hit ranked first, then a miss: precision 1 up to recall 0.5, nothing after:
+        # 51 of COCO's 101 recall points have precision 1 -> 51/101.
+        ([_det(5, 5, 0.9), _det(20, 5, 0.8)], 51 / 101),
+        # The miss ranked first: precision 0.5 at recall 0.5 -> 0.5 * 51/101.
+        ([_det(20, 5, 0.9), _det(5, 5, 0.8)], 0.5 * 51 / 101),
+    ],
+)
+def test_coco_ap_by_hand(gt, detections, expected_ap):
+    scores = coco_ap(gt, detections)
+    for iou_type in ("bbox", "segm"):
+        assert scores[iou_type]["AP"] == pytest.approx(expected_ap, abs=1e-4)
+        assert scores[iou_type]["AP50"] == pytest.approx(expected_ap, abs=1e-4)

@@ -1,0 +1,108 @@
+"""The real model on real photos it never trained on (tests/data, from our validation split)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+from conftest import label_masks
+from PIL import Image
+
+from nailseg.images import load_image_rgb
+from nailseg.weights import load_state_dict, resolve_weights
+
+
+def mask_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """``(N, M)`` IoU between ``(N, H, W)`` and ``(M, H, W)`` bool masks."""
+    a2, b2 = a.reshape(len(a), -1).astype(np.float32), b.reshape(len(b), -1).astype(np.float32)
+    inter = a2 @ b2.T
+    return inter / (a2.sum(1)[:, None] + b2.sum(1)[None, :] - inter + 1e-9)
+
+
+def test_bundled_weights_load_without_unpickling():
+    resolved = resolve_weights()
+    assert resolved.weights.suffix == ".safetensors"
+    assert resolved.weights.stat().st_size <= 25 * 2**20
+    state = load_state_dict(resolved.weights)  # safetensors: no pickle involved
+    assert all(v.dtype.is_floating_point or v.dtype.is_signed for v in state.values())
+
+
+def test_model_finds_the_nails(segmenter, photos):
+    true_total = found_total = matched = 0
+    ious = []
+    for photo in photos:
+        truth = label_masks(photo)
+        nails = segmenter.predict(load_image_rgb(photo), score_thr=0.5)
+        assert nails.masks.shape[1:] == truth.shape[1:]
+        true_total += len(truth)
+        found_total += len(nails)
+        if len(truth) and len(nails):
+            iou = mask_iou(truth, nails.masks)
+            ious += iou.max(axis=1).tolist()
+            matched += int((iou.max(axis=1) >= 0.5).sum())
+    # 20 labelled nails in the 6 photos; the model must find nearly all of them, and well.
+    assert matched >= 0.85 * true_total, (matched, true_total)
+    assert abs(found_total - true_total) <= 0.2 * true_total, (found_total, true_total)
+    assert np.median(ious) >= 0.75, ious
+
+
+def test_predictions_follow_exif_rotation(segmenter, photos, tmp_path):
+    photo = max(photos, key=lambda p: len(label_masks(p)))
+    upright = load_image_rgb(photo)
+    rotated = tmp_path / "rotated.jpg"
+    # Store the pixels turned 90 degrees clockwise, with EXIF orientation 8 saying "turn back".
+    exif = Image.Exif()
+    exif[0x0112] = 8
+    Image.fromarray(np.rot90(upright, k=-1).copy()).save(rotated, exif=exif, quality=98)
+    a = segmenter.predict(upright)
+    b = segmenter.predict(load_image_rgb(rotated))
+    assert b.image_size == a.image_size
+    assert abs(len(a) - len(b)) <= 1
+    assert np.median(mask_iou(a.masks, b.masks).max(axis=1)) >= 0.7
+
+
+def test_empty_photo_gives_no_nails(segmenter):
+    nails = segmenter.predict(np.full((300, 200, 3), 255, np.uint8))
+    assert len(nails) == 0 and nails.image_size == (300, 200)
+
+
+def test_large_photo_keeps_its_size(segmenter, photos):
+    big = np.asarray(Image.fromarray(load_image_rgb(photos[0])).resize((2600, 2600)))
+    nails = segmenter.predict(big)
+    assert nails.image_size == (2600, 2600)
+
+
+def test_predict_cli(photos, tmp_path):
+    out = tmp_path / "out"
+    bad = tmp_path / "broken.jpg"
+    bad.write_bytes(b"not a photo")
+    run = subprocess.run([sys.executable, "-m", "nailseg", "predict", *map(str, photos[:2]), str(bad),
+                          "--out", str(out), "--score-thr", "0.5"], capture_output=True, text=True)  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    assert "broken.jpg" in run.stderr
+    results = json.loads((out / "predictions.json").read_text())
+    assert {r["image_id"] for r in results} <= {1, 2}
+    assert {Path(r["file_name"]).name for r in results} <= {photos[0].name, photos[1].name}
+    for photo in photos[:2]:
+        n = sum(Path(r["file_name"]).name == photo.name for r in results)
+        assert (out / f"{photo.stem}_overlay.png").is_file()
+        assert len(list((out / "crops").glob(f"{photo.stem}_*_box.png"))) == n
+        assert len(list((out / "crops").glob(f"{photo.stem}_*_cutout.png"))) == n
+
+
+def test_evaluate_cli_on_labelled_photos(tmp_path):
+    from nailseg.datasets import convert_dataset, save_report
+
+    save_report(convert_dataset(Path(__file__).parent / "data" / "nails-roboflow", valid_fraction=0), tmp_path)
+    dump = tmp_path / "dump.json"
+    run = subprocess.run([sys.executable, "-m", "nailseg", "evaluate", "--ann-file", str(tmp_path / "train.json"),
+                          "--img-dir", str(Path(__file__).parent / "data" / "nails-roboflow"), "--dump", str(dump)],
+                         capture_output=True, text=True)  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    scores = json.loads(run.stdout.strip().splitlines()[-1])
+    assert scores["segm"]["AP50"] >= 0.8 and scores["bbox"]["AP50"] >= 0.8, scores
+    results = json.loads(dump.read_text())
+    assert results and min(r["score"] for r in results) < 0.5  # no score threshold in the dump
