@@ -54,7 +54,7 @@ class Nails:
     @property
     def areas(self) -> np.ndarray:
         """``(N,) int64`` mask pixel counts."""
-        return self.masks.reshape(len(self), -1).sum(axis=1)
+        return self.masks.sum(axis=(1, 2))  # (N, H, W) -> (N,), also for N = 0
 
     def in_reading_order(self) -> Nails:
         """Nails sorted left to right by box centre, top to bottom where centres tie."""

@@ -1,0 +1,116 @@
+"""Helpers shared by the app tests: the weights to use, the app in a subprocess, test photos."""
+
+from __future__ import annotations
+
+import io
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from nailseg.weights import BUNDLED_WEIGHTS, ENV_VAR
+
+REPO = Path(__file__).resolve().parent.parent
+DATA = REPO / "tests" / "data" / "nails-roboflow"
+PHOTOS = sorted((DATA / "images").glob("*.jpg"))
+
+
+def weights_spec() -> str:
+    """``$NAILSEG_WEIGHTS`` if set, else the bundled model (a test fails when that file is missing)."""
+    weights = os.environ.get(ENV_VAR) or str(BUNDLED_WEIGHTS)
+    if not weights.startswith("hf://") and not Path(weights).is_file():
+        pytest.fail(f"no model: {weights} is missing (set {ENV_VAR} or add the bundled weights)")
+    return weights
+
+
+def label_count(photo: Path) -> int:
+    """Nails in a photo's YOLO label file (one polygon per non-empty line)."""
+    label = DATA / "labels" / f"{photo.stem}.txt"
+    return sum(1 for line in label.read_text().splitlines() if line.strip())
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class AppProcess:
+    """``python app.py`` on a free loopback port, with its own Gradio temp folder."""
+
+    def __init__(self, tmp: Path, timeout_s: float = 300.0) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}/"
+        self.upload_dir = tmp / "gradio"
+        env = {**os.environ, ENV_VAR: weights_spec(), "GRADIO_SERVER_NAME": "127.0.0.1",
+               "GRADIO_SERVER_PORT": str(self.port), "GRADIO_TEMP_DIR": str(self.upload_dir),
+               "GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1"}  # fmt: skip
+        self.log = (tmp / "app.log").open("w")
+        self.proc = subprocess.Popen([sys.executable, "app.py"], cwd=REPO, env=env, stdout=self.log,
+                                     stderr=subprocess.STDOUT)  # fmt: skip
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"app exited with {self.proc.returncode}:\n{self.log_text()}")
+            try:
+                with urllib.request.urlopen(self.url + "gradio_api/info", timeout=5):
+                    return
+            except OSError:
+                time.sleep(1)
+        self.stop()
+        raise RuntimeError(f"app not up after {timeout_s} s:\n{self.log_text()}")
+
+    def log_text(self) -> str:
+        self.log.flush()
+        return Path(self.log.name).read_text()[-5000:]
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+        self.log.close()
+
+
+def jpeg_bytes(rgb: np.ndarray, **save_args) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(rgb).save(buf, "JPEG", quality=90, **save_args)
+    return buf.getvalue()
+
+
+def dataset_zip(path: Path, photos: list[Path] = PHOTOS, wrap: str = "nails") -> Path:
+    """A YOLO-seg dataset zip (``wrap/images``, ``wrap/labels``) of the test photos."""
+    with zipfile.ZipFile(path, "w") as zf:
+        for photo in photos:
+            zf.write(photo, f"{wrap}/images/{photo.name}")
+            zf.write(DATA / "labels" / f"{photo.stem}.txt", f"{wrap}/labels/{photo.stem}.txt")
+    return path
+
+
+def bomb_zip(path: Path, mib: int = 300) -> Path:
+    """A zip whose one member expands ~1000:1 to ``mib`` MiB of zeros."""
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as zf, zf.open("images/zeros.png", "w",
+                                                                          force_zip64=True) as member:  # fmt: skip
+        chunk = bytes(1024**2)
+        for _ in range(mib):
+            member.write(chunk)
+    return path
+
+
+def traversal_zip(path: Path) -> Path:
+    with zipfile.ZipFile(path, "w") as zf:
+        zf.writestr("images/a.txt", "x")
+        zf.writestr("../evil.txt", "x")
+    return path

@@ -1,0 +1,248 @@
+"""The app through its API (gradio_client): segment, batch, dataset conversion, bad inputs.
+
+One app process serves the whole module (start-up loads the model once).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import zipfile
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+from app_support import (
+    PHOTOS,
+    AppProcess,
+    bomb_zip,
+    dataset_zip,
+    jpeg_bytes,
+    label_count,
+    traversal_zip,
+    weights_spec,
+)
+from PIL import Image
+
+from nailseg.images import load_image_rgb
+from nailseg.weights import BUNDLED_WEIGHTS
+
+pytestmark = pytest.mark.timeout(900)
+
+
+@pytest.fixture(scope="module")
+def app(tmp_path_factory):
+    server = AppProcess(tmp_path_factory.mktemp("app"))
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def client(app):
+    from gradio_client import Client
+
+    return Client(app.url, verbose=False)
+
+
+def segment(client, path: Path, score: float = 0.5):
+    from gradio_client import handle_file
+
+    return client.predict(handle_file(str(path)), score, api_name="/segment")
+
+
+def test_segment_api_takes_exactly_image_and_threshold(client):
+    params = client.view_api(print_info=False, return_format="dict")["named_endpoints"]["/segment"]["parameters"]
+    assert [p["component"] for p in params] == ["Image", "Slider"]
+
+
+@pytest.mark.parametrize("photo", PHOTOS, ids=lambda p: p.name[:12])
+def test_segment_counts_close_to_labels(client, photo):
+    overlay, table, records, gallery, zip_path, status = segment(client, photo)
+    height, width = load_image_rgb(photo).shape[:2]
+    truth = label_count(photo)
+    assert abs(len(records) - truth) <= max(1, round(0.25 * truth)), (records, truth)
+    assert [r["number"] for r in records] == list(range(1, len(records) + 1))
+    for r in records:
+        x0, y0, x1, y1 = r["box_xyxy"]
+        assert 0 <= x0 < x1 <= width and 0 <= y0 < y1 <= height
+        assert 0 < r["area"] <= (x1 - x0 + 1) * (y1 - y0 + 1)
+        assert 0.5 <= r["score"] <= 1
+    assert Image.open(overlay).size == (width, height)
+    assert len(gallery) == len(records) == len(table["data"])
+    assert (f"{len(records)} nail(s)" if records else "No nails found") in status
+    assert "weights:" in status
+
+
+def test_segment_zip_contents(client):
+    photo = PHOTOS[0]
+    _, _, records, _, zip_path, _ = segment(client, photo)
+    with zipfile.ZipFile(zip_path) as zf:
+        names = set(zf.namelist())
+        predictions = json.loads(zf.read("predictions.json"))
+        crop = np.asarray(Image.open(io.BytesIO(zf.read(f"crops/{photo.stem}_1_box.png"))))
+        cutout = np.asarray(Image.open(io.BytesIO(zf.read(f"crops/{photo.stem}_1_cutout.png"))))
+    stem = photo.stem
+    assert f"{stem}_overlay.png" in names and "predictions.json" in names and f"masks/{stem}_all.png" in names
+    for k in range(1, len(records) + 1):
+        assert {f"crops/{stem}_{k}_box.png", f"crops/{stem}_{k}_cutout.png", f"masks/{stem}_{k}.png"} <= names
+    assert len(predictions) == len(records)
+    from pycocotools import mask as mask_utils
+
+    for pred, rec in zip(predictions, records):
+        assert isinstance(pred["segmentation"]["counts"], str)
+        assert int(mask_utils.area(pred["segmentation"])) == rec["area"]
+    assert crop.shape == (224, 224, 3)  # default crop options: square, 224 px
+    assert cutout.shape == (224, 224, 4) and 0 < (cutout[..., 3] > 0).mean() < 1
+
+
+def test_threshold_one_says_no_nails(client):
+    *_, status = segment(client, PHOTOS[0], score=1.0)
+    assert "No nails found" in status
+
+
+def test_batch_returns_one_zip(client):
+    from gradio_client import handle_file
+
+    zip_path, summary = client.predict([handle_file(str(p)) for p in PHOTOS[:2]], 0.5, 0.1, True, 224, "kept",
+                                       api_name="/segment_batch")  # fmt: skip
+    names = zipfile.ZipFile(zip_path).namelist()
+    assert "predictions.json" in names
+    for photo in PHOTOS[:2]:
+        assert f"{photo.stem}/{photo.stem}_overlay.png" in names and photo.name in summary
+    image_ids = {p["image_id"] for p in json.loads(zipfile.ZipFile(zip_path).read("predictions.json"))}
+    assert image_ids <= {1, 2}
+
+
+def make_input(kind: str, tmp: Path) -> Path:
+    """One of the awkward inputs a user may drop (see BAD_INPUTS)."""
+    path, rgb, good = tmp / f"{kind}.jpg", load_image_rgb(PHOTOS[2]), PHOTOS[2].read_bytes()
+    if kind == "not_an_image":
+        path.write_text("this is a text file, not a photo\n")
+    elif kind == "empty":
+        path.write_bytes(b"")
+    elif kind == "truncated":
+        path.write_bytes(good[: len(good) // 2])
+    elif kind == "too_large":
+        path = path.with_suffix(".png")
+        Image.new("L", (8000, 8000)).save(path)
+    elif kind == "50mp":
+        Image.fromarray(rgb).resize((7072, 7072)).save(path, quality=85)
+    elif kind == "grayscale":
+        Image.fromarray(rgb).convert("L").save(path)
+    elif kind == "rgba":
+        path = path.with_suffix(".png")
+        Image.fromarray(np.dstack([rgb, np.full(rgb.shape[:2], 255, np.uint8)])).save(path)
+    elif kind == "16bit":
+        path = path.with_suffix(".png")
+        Image.fromarray(rgb.mean(axis=2).astype(np.uint16) * 257).save(path)
+        assert Image.open(path).mode.startswith("I")
+    elif kind == "cmyk":
+        Image.fromarray(rgb).convert("CMYK").save(path)
+    return path
+
+
+# (kind, expected error message or None when the photo must be segmented)
+BAD_INPUTS = [
+    ("not_an_image", "not a readable image"),
+    ("empty", "empty (0 bytes)"),
+    ("truncated", "truncated"),
+    ("too_large", "limit is 60 MP"),
+    ("50mp", None),
+    ("grayscale", None),
+    ("rgba", None),
+    ("16bit", None),
+    ("cmyk", None),
+]
+
+
+@pytest.mark.parametrize(("kind", "message"), BAD_INPUTS, ids=[k for k, _ in BAD_INPUTS])
+def test_awkward_inputs_get_a_clear_answer(client, app, tmp_path, kind, message):
+    from gradio_client.exceptions import AppError
+
+    path = make_input(kind, tmp_path)
+    if message:
+        with pytest.raises(AppError, match="Cannot use this file") as err:
+            segment(client, path)
+        assert message in str(err.value)
+    else:
+        overlay, _, records, *_, status = segment(client, path)
+        height, width = load_image_rgb(path).shape[:2]
+        assert Image.open(overlay).size == (width, height)
+        assert "weights:" in status
+    assert app.alive()
+    assert segment(client, PHOTOS[0])[2] is not None  # and it keeps serving
+
+
+def test_exif_rotation_is_applied(client, tmp_path):
+    rgb = np.ascontiguousarray(load_image_rgb(PHOTOS[2])[:, :300])  # 300 wide, 432 high: not square
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored sideways (432 wide, 300 high); viewers rotate it 90 degrees clockwise
+    sideways = tmp_path / "sideways.jpg"
+    sideways.write_bytes(jpeg_bytes(np.ascontiguousarray(np.rot90(rgb, 1)), exif=exif.tobytes()))
+    assert Image.open(sideways).size == (432, 300)
+    upright_rgb = load_image_rgb(sideways)
+    assert upright_rgb.shape == rgb.shape and np.abs(upright_rgb.astype(int) - rgb).mean() < 3  # the right way up
+    upright = tmp_path / "upright.png"  # the same pixels, losslessly, without EXIF
+    Image.fromarray(upright_rgb).save(upright)
+    overlay, _, records, *_ = segment(client, sideways)
+    _, _, expected, *_ = segment(client, upright)
+    assert Image.open(overlay).size == (300, 432)
+    assert records == expected
+
+
+def test_uploads_are_not_kept(client, app):
+    segment(client, PHOTOS[1])
+    assert list(app.upload_dir.rglob(f"{PHOTOS[1].stem}_nails.zip"))  # the answer is there: right folder
+    assert list(app.upload_dir.rglob(PHOTOS[1].name)) == []  # the upload is not
+
+
+def test_concurrent_users_get_their_own_answers(app):
+    from gradio_client import Client
+
+    photos = PHOTOS[:4]
+    alone = [segment(Client(app.url, verbose=False), p)[2] for p in photos]
+    with ThreadPoolExecutor(len(photos)) as pool:
+        together = list(pool.map(lambda p: segment(Client(app.url, verbose=False), p)[2], photos))
+    assert together == alone
+
+
+def test_switch_weights(client):
+    from gradio_client.exceptions import AppError
+
+    with pytest.raises(AppError, match="Weights not loaded: weights file not found"):
+        client.predict("/nonexistent/model.safetensors", api_name="/switch_weights")
+    try:  # HF_HUB_OFFLINE=1 in the app: the Hub is unreachable
+        status = client.predict("hf://nailseg/none/model.safetensors", api_name="/switch_weights")
+        assert BUNDLED_WEIGHTS.is_file() and "Hub unreachable" in status and "using the bundled model" in status
+    except AppError as err:
+        assert not BUNDLED_WEIGHTS.is_file() and "bundled model" in str(err)
+    finally:
+        status = client.predict(weights_spec(), api_name="/switch_weights")
+    assert weights_spec() in status and "Hub unreachable" not in status
+
+
+def test_dataset_zip_converts(client, app, tmp_path):
+    from gradio_client import handle_file
+
+    archive = dataset_zip(tmp_path / "nails.zip")
+    stats, gallery, coco_zip, summary = client.predict(handle_file(str(archive)), 0.2, api_name="/convert_dataset")
+    assert summary["photos"] == len(PHOTOS)
+    assert summary["nails"] == sum(label_count(p) for p in PHOTOS)
+    assert f"{len(PHOTOS)} photos" in stats and 0 < len(gallery) <= 4
+    assert set(zipfile.ZipFile(coco_zip).namelist()) == {"train.json", "valid.json", "manifest.csv"}
+    assert list(app.upload_dir.rglob(archive.name)) == []  # the upload is deleted
+
+
+@pytest.mark.parametrize(("maker", "reason"), [(traversal_zip, "'..'"), (bomb_zip, "zip bomb")],
+                         ids=["traversal", "bomb"])  # fmt: skip
+def test_unsafe_zips_are_refused(client, app, tmp_path, maker, reason):
+    from gradio_client import handle_file
+    from gradio_client.exceptions import AppError
+
+    archive = maker(tmp_path / "bad.zip")
+    with pytest.raises(AppError, match="Zip refused") as err:
+        client.predict(handle_file(str(archive)), 0.2, api_name="/convert_dataset")
+    assert reason in str(err.value)
+    assert not (tmp_path.parent / "evil.txt").exists()
+    assert app.alive()
