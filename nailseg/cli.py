@@ -106,6 +106,21 @@ def _export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _push(args: argparse.Namespace) -> int:
+    from huggingface_hub.errors import HfHubHTTPError
+
+    from nailseg.hub import push_model
+    from nailseg.weights import BUNDLED_WEIGHTS
+
+    try:
+        result = push_model(args.repo_id, args.weights or BUNDLED_WEIGHTS, token=args.token, private=args.private)
+    except HfHubHTTPError as err:
+        print(f"error: the Hub refused the upload: {err}", file=sys.stderr)
+        return 1
+    print(json.dumps({"commit": result.commit_url, "weights": result.spec, "files": list(result.files)}, indent=2))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="nailseg", description="Fingernail instance segmentation.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -153,6 +168,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True, help="weights file to write (NAME.safetensors)")
     p.add_argument("--fp32", action="store_true", help="store float32 (default: float16, half the size)")
     p.set_defaults(func=_export)
+
+    p = sub.add_parser("push", help="upload weights, their config and a model card to a Hugging Face Hub repo")
+    p.add_argument("--repo-id", required=True, help="model repo OWNER/NAME (created when missing)")
+    p.add_argument("--weights", type=Path, default=None,
+                   help="weights; NAME.py and README.md beside it go too (default: the bundled model)")  # fmt: skip
+    p.add_argument("--token", default=None, help="Hub write token (default: $HF_TOKEN or the saved login)")
+    p.add_argument("--private", action="store_true", help="create the repo private")
+    p.set_defaults(func=_push)
     return parser
 
 

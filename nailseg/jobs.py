@@ -26,7 +26,7 @@ from pathlib import Path
 
 from nailseg.train import REPO_ROOT
 
-WORK_ROOT = REPO_ROOT / "work_dirs"
+WORK_ROOT = Path(os.environ.get("NAILSEG_WORK_DIRS", REPO_ROOT / "work_dirs"))  # the app's runs go to ui/
 STATE_NAME = "train_job.json"
 LOG_NAME = "train.log"
 EXIT_NAME = "exit_code"
@@ -238,8 +238,10 @@ class TrainingJobs:
     the single truth, and a start takes an exclusive lock on it.
     """
 
-    def __init__(self, root: str | Path = WORK_ROOT):
+    def __init__(self, root: str | Path = WORK_ROOT, niceness: int = 10):
+        """``niceness``: the training's ``nice`` increment, so that it yields the CPU to the app."""
         self.root = Path(root)
+        self.niceness = niceness
         self.state_file = self.root / STATE_NAME
         self._children: dict[int, subprocess.Popen] = {}  # reaped by status() so none stays a zombie
 
@@ -271,7 +273,8 @@ class TrainingJobs:
             (work_dir / EXIT_NAME).unlink(missing_ok=True)
             argv = request.argv()
             # The wrapper records the exit status even when the app that started it has gone.
-            script = f"{shlex.join(argv)}; rc=$?; echo $rc > {shlex.quote(str(work_dir / EXIT_NAME))}; exit $rc"
+            command = shlex.join(["nice", "-n", str(self.niceness), *argv] if self.niceness > 0 else argv)
+            script = f"{command}; rc=$?; echo $rc > {shlex.quote(str(work_dir / EXIT_NAME))}; exit $rc"
             env = {**os.environ, "PYTHONUNBUFFERED": "1"}
             with open(work_dir / LOG_NAME, "ab") as log:
                 proc = subprocess.Popen(

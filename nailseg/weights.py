@@ -54,14 +54,19 @@ def parse_hub_spec(spec: str) -> HubSpec:
 
 def _download(spec: HubSpec, filename: str) -> Path:
     from huggingface_hub import hf_hub_download
-    from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError, RepositoryNotFoundError
+    from huggingface_hub.errors import (
+        LocalEntryNotFoundError,
+        RemoteEntryNotFoundError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
 
     try:
         return Path(hf_hub_download(spec.repo_id, filename, revision=spec.revision))
-    except (EntryNotFoundError, RepositoryNotFoundError) as err:
-        raise WeightsError(f"{filename} not found in Hub repo {spec.repo_id}: {err}") from err
-    except LocalEntryNotFoundError as err:  # offline and not cached
+    except LocalEntryNotFoundError as err:  # offline and not cached (a subclass of EntryNotFoundError)
         raise HubUnreachable(f"cannot reach the Hugging Face Hub for {spec.repo_id}/{filename}") from err
+    except (RemoteEntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError) as err:
+        raise WeightsError(f"{filename} not found in Hub repo {spec.repo_id}: {err}") from err
 
 
 def resolve_weights(spec: str | os.PathLike | None = None) -> ResolvedWeights:

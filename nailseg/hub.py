@@ -1,0 +1,127 @@
+"""Publishing weights on the Hugging Face Hub: weights, their config and a model card, in one commit.
+
+What was pushed is then loadable anywhere as ``hf://<repo_id>/<weights file name>`` (see
+``nailseg.weights.resolve_weights``), e.g. ``NAILSEG_WEIGHTS=hf://me/nails/model.safetensors``.
+The file choice and the card are pure (``hub_files``, ``model_card``); ``push_model`` does the I/O.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from nailseg.weights import BUNDLED_WEIGHTS, WeightsError
+
+CARD_NAME = "README.md"
+_METRIC_NAMES = {
+    "coco/bbox_mAP": "box AP",
+    "coco/bbox_mAP_50": "box AP50",
+    "coco/segm_mAP": "mask AP",
+    "coco/segm_mAP_50": "mask AP50",
+}
+
+
+@dataclass(frozen=True)
+class PushResult:
+    """Where the files went: the commit's URL, the ``hf://`` spec to load them, the files' names."""
+
+    commit_url: str
+    spec: str
+    files: tuple[str, ...]
+
+
+def model_card(repo_id: str, weights_name: str, metrics: dict[str, float] | None = None) -> str:
+    """A minimal model card (Markdown with Hub metadata) for weights without a README of their own.
+
+    Args:
+        repo_id: ``owner/name`` the card is written for (it shows how to load the weights).
+        weights_name: the weights file's name in the repo.
+        metrics: validation COCO AP (0-1) keyed like mmengine's (``coco/segm_mAP``...), if known.
+    """
+    stem = Path(weights_name).stem
+    lines = [
+        "---",
+        "tags:",
+        "- image-segmentation",
+        "- instance-segmentation",
+        "- mmdetection",
+        "- nailseg",
+        "pipeline_tag: image-segmentation",
+        "---",
+        "",
+        f"# {stem}",
+        "",
+        "Fingernail instance segmentation (one mask and one box per nail): a Mask R-CNN trained with",
+        "NailSeg (mmdetection 3.x).",
+        "",
+        f"- `{weights_name}`: the weights (safetensors, no pickled code);",
+        f"- `{stem}.py`: the mmdetection config they were trained with.",
+        "",
+        "## Use",
+        "",
+        "```bash",
+        f"NAILSEG_WEIGHTS=hf://{repo_id}/{weights_name} python app.py",
+        f"nailseg predict photo.jpg --out out/ --weights hf://{repo_id}/{weights_name}",
+        "```",
+    ]
+    shown = {name: metrics[key] for key, name in _METRIC_NAMES.items() if metrics and key in metrics}
+    if shown:
+        lines += ["", "## Validation", "", "| metric | value |", "|---|---|"]
+        lines += [f"| {name} | {value:.3f} |" for name, value in shown.items()]
+        lines += ["", "COCO AP on the validation split of the training run, as logged by mmengine."]
+    return "\n".join(lines) + "\n"
+
+
+def hub_files(
+    weights: str | Path, repo_id: str, metrics: dict[str, float] | None = None
+) -> list[tuple[str, bytes | Path]]:
+    """The ``(path in repo, content)`` pairs to upload for ``weights``.
+
+    The weights, the ``.py`` config with the same stem beside them, and ``README.md`` beside them
+    when there is one (``checkpoints/README.md`` for the bundled model), else a generated card.
+
+    Raises:
+        WeightsError: the weights or their config are missing.
+    """
+    weights = Path(weights)
+    config = weights.with_suffix(".py")
+    if not weights.is_file():
+        raise WeightsError(f"weights file not found: {weights}")
+    if not config.is_file():
+        raise WeightsError(f"config {config.name} not found beside {weights}")
+    card_file = weights.parent / CARD_NAME
+    card: bytes | Path = card_file if card_file.is_file() else model_card(repo_id, weights.name, metrics).encode()
+    return [(weights.name, weights), (config.name, config), (CARD_NAME, card)]
+
+
+def push_model(
+    repo_id: str,
+    weights: str | Path = BUNDLED_WEIGHTS,
+    token: str | None = None,
+    private: bool = False,
+    metrics: dict[str, float] | None = None,
+) -> PushResult:
+    """Create ``repo_id`` if needed (a model repo) and upload weights, config and card in one commit.
+
+    Args:
+        repo_id: ``owner/name`` on the Hub (``$HF_ENDPOINT`` is honoured).
+        weights: local ``.safetensors`` (or weights-only ``.pth``) with its config beside it.
+        token: a write token; default the saved login or ``$HF_TOKEN``.
+        private: create the repo private (an existing repo keeps its visibility).
+        metrics: validation AP for a generated card.
+
+    Raises:
+        WeightsError: missing files.
+        huggingface_hub.errors.HfHubHTTPError: the Hub refused (bad token, no write access...).
+    """
+    from huggingface_hub import CommitOperationAdd, HfApi
+
+    files = hub_files(weights, repo_id, metrics)
+    api = HfApi(token=token or None)
+    api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
+    operations = [
+        CommitOperationAdd(path_in_repo=name, path_or_fileobj=content if isinstance(content, bytes) else str(content))
+        for name, content in files
+    ]
+    info = api.create_commit(repo_id, operations, commit_message=f"Upload {Path(weights).name} with nailseg push")
+    return PushResult(str(info.commit_url), f"hf://{repo_id}/{Path(weights).name}", tuple(n for n, _ in files))
