@@ -1,0 +1,196 @@
+"""Weights from the Hub, through the real ``huggingface_hub`` client and a fake Hub on 127.0.0.1.
+
+``huggingface_hub`` reads ``HF_ENDPOINT`` and ``HF_HUB_CACHE`` when it is imported, so every Hub
+call runs in a fresh process with those set, as a user's would.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from fake_hub import FakeHub
+
+from nailseg.hub import hub_files, model_card
+from nailseg.weights import WeightsError
+
+REPO = Path(__file__).resolve().parent.parent
+PHOTOS = sorted((REPO / "tests" / "data" / "nails-roboflow" / "images").glob("*.jpg"))
+BUNDLED = sorted((REPO / "checkpoints").glob("*.safetensors"))
+
+RESOLVE = """
+import json, sys
+from nailseg.weights import resolve_weights, HubUnreachable, WeightsError
+try:
+    r = resolve_weights(sys.argv[1])
+    print(json.dumps({"weights": str(r.weights), "config": str(r.config), "source": r.source}))
+except WeightsError as err:  # HubUnreachable included
+    print(json.dumps({"error": type(err).__name__, "message": str(err)}))
+"""
+
+
+@pytest.fixture(scope="module")
+def hub():
+    server = FakeHub().start()
+    yield server
+    server.stop()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def hf_env(tmp_path, hub):
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "HUGGING_FACE_", "NAILSEG_"))}
+    env.update(HF_ENDPOINT=hub.url, HF_HOME=str(tmp_path / "hf"), HF_HUB_CACHE=str(tmp_path / "hf" / "hub"),
+               HF_HUB_DISABLE_TELEMETRY="1", HF_HUB_DISABLE_PROGRESS_BARS="1")  # fmt: skip
+    return env
+
+
+def _resolve(spec: str, env: dict) -> dict:
+    out = subprocess.run([sys.executable, "-c", RESOLVE, spec], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+# --- pure parts: which files go, and the card ------------------------------------------------
+
+
+def test_model_card_names_the_spec_and_metrics():
+    card = model_card("me/nails", "m.safetensors", {"coco/segm_mAP": 0.61234, "coco/bbox_mAP_50": 0.9})
+    assert card.startswith("---\n") and "pipeline_tag: image-segmentation" in card
+    assert "NAILSEG_WEIGHTS=hf://me/nails/m.safetensors" in card
+    assert "| mask AP | 0.612 |" in card and "| box AP50 | 0.900 |" in card
+    assert "`m.py`" in card
+
+
+@pytest.mark.parametrize("metrics", [None, {}, {"loss": 1.0}])
+def test_model_card_without_metrics_has_no_validation_table(metrics):
+    assert "## Validation" not in model_card("me/nails", "m.safetensors", metrics)
+
+
+def test_hub_files_picks_weights_config_and_card(tmp_path):
+    weights = tmp_path / "m.safetensors"
+    weights.write_bytes(b"w")
+    with pytest.raises(WeightsError, match=r"config m\.py"):
+        hub_files(weights, "me/nails")
+    (tmp_path / "m.py").write_text("x = 1\n")
+    (tmp_path / "other.py").write_text("y = 2\n")
+    names = [name for name, _ in hub_files(weights, "me/nails")]
+    assert names == ["m.safetensors", "m.py", "README.md"]
+    generated = dict(hub_files(weights, "me/nails"))["README.md"]
+    assert isinstance(generated, bytes) and b"hf://me/nails/m.safetensors" in generated
+    (tmp_path / "README.md").write_text("# my card\n")
+    assert dict(hub_files(weights, "me/nails"))["README.md"] == tmp_path / "README.md"  # the card beside wins
+
+
+def test_hub_files_missing_weights():
+    with pytest.raises(WeightsError, match="not found"):
+        hub_files("/nonexistent/m.safetensors", "me/nails")
+
+
+# --- resolve_weights against the fake Hub ------------------------------------------------------
+
+
+@pytest.mark.parametrize(("suffix", "revision"), [("", "main"), ("@v1", "v1")])
+def test_resolve_downloads_into_the_hub_cache(hub, hf_env, suffix, revision):
+    hub.repos["owner/repo"] = {"m.safetensors": b"\x00weights" * 100, "m.py": b"x = 1\n"}
+    got = _resolve(f"hf://owner/repo{suffix}/m.safetensors", hf_env)
+    cache = Path(hf_env["HF_HUB_CACHE"])
+    assert Path(got["weights"]).is_relative_to(cache / "models--owner--repo" / "snapshots")
+    assert Path(got["weights"]).read_bytes() == b"\x00weights" * 100
+    assert Path(got["config"]).read_text() == "x = 1\n"
+    assert ("GET", f"/owner/repo/resolve/{revision}/m.safetensors") in hub.requests
+    assert ("GET", f"/owner/repo/resolve/{revision}/m.py") in hub.requests
+
+    # Once cached, an unreachable Hub is no problem.
+    offline = {**hf_env, "HF_ENDPOINT": f"http://127.0.0.1:{_free_port()}"}
+    assert _resolve(f"hf://owner/repo{suffix}/m.safetensors", offline)["weights"] == got["weights"]
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ("hf://owner/repo/missing.safetensors", "missing.safetensors not found in Hub repo owner/repo"),
+        ("hf://owner/repo/noconfig.safetensors", "noconfig.py not found in Hub repo owner/repo"),
+        ("hf://owner/unknown/m.safetensors", "m.safetensors not found in Hub repo owner/unknown"),
+    ],
+)
+def test_missing_files_are_errors_not_fallbacks(hub, hf_env, spec, message):
+    hub.repos["owner/repo"] = {"m.safetensors": b"w", "m.py": b"x = 1\n", "noconfig.safetensors": b"w"}
+    got = _resolve(spec, hf_env)
+    assert got["error"] == "WeightsError"
+    assert message in got["message"]
+
+
+def test_unreachable_hub_is_hub_unreachable(hf_env):
+    """Nothing cached and nothing listening (huggingface_hub retries for ~25 s before giving up)."""
+    env = {**hf_env, "HF_ENDPOINT": f"http://127.0.0.1:{_free_port()}"}
+    got = _resolve("hf://owner/repo/m.safetensors", env)
+    assert got["error"] == "HubUnreachable", got
+
+
+# --- nailseg push, then nailseg predict from the Hub -------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def model_files(tmp_path_factory) -> Path:
+    """The bundled model when it exists; else a randomly initialised export of the default config."""
+    if BUNDLED:
+        return BUNDLED[0]
+    import torch
+    from mmdet.registry import MODELS
+    from mmengine.config import Config
+    from mmengine.registry import init_default_scope
+    from safetensors.torch import save_file
+
+    import nailseg.model  # noqa: F401 - registers the backbone and mask head
+    from nailseg.train import DEFAULT_CONFIG
+
+    torch.manual_seed(0)
+    cfg = Config.fromfile(str(DEFAULT_CONFIG))
+    init_default_scope("mmdet")
+    model = MODELS.build(cfg.model)
+    out = tmp_path_factory.mktemp("random") / "random-nails.safetensors"
+    save_file({k: v.half().contiguous() if v.is_floating_point() else v for k, v in model.state_dict().items()},
+              str(out))  # fmt: skip
+    cfg.dump(str(out.with_suffix(".py")))
+    return out
+
+
+def test_push_then_predict_from_the_hub(hub, hf_env, model_files, tmp_path):
+    repo_id = "me/nails"
+    push = subprocess.run([sys.executable, "-m", "nailseg", "push", "--repo-id", repo_id, "--weights",
+                           str(model_files), "--token", "hf_fake"], env=hf_env, capture_output=True, text=True,
+                          timeout=120)  # fmt: skip
+    assert push.returncode == 0, push.stderr
+    answer = json.loads(push.stdout)
+    spec = f"hf://{repo_id}/{model_files.name}"
+    assert answer["weights"] == spec
+    stored = hub.repos[repo_id]
+    assert stored[model_files.name] == model_files.read_bytes()
+    assert stored[model_files.with_suffix(".py").name] == model_files.with_suffix(".py").read_bytes()
+    assert "README.md" in stored
+    assert ("POST", "/api/repos/create") in hub.requests
+
+    out = tmp_path / "out"
+    env = {**hf_env, "NAILSEG_WEIGHTS": spec}
+    predict = subprocess.run([sys.executable, "-m", "nailseg", "predict", str(PHOTOS[0]), "--out", str(out)],
+                             env=env, capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert predict.returncode == 0, predict.stderr
+    assert ("GET", f"/{repo_id}/resolve/main/{model_files.name}") in hub.requests
+    cached = list(Path(hf_env["HF_HUB_CACHE"]).glob(f"models--me--nails/snapshots/*/{model_files.name}"))
+    assert len(cached) == 1 and cached[0].read_bytes() == model_files.read_bytes()
+    assert spec in predict.stdout  # predict names the weights it used
+    results = json.loads((out / "predictions.json").read_text())
+    assert all(r["image_id"] == 1 and len(r["bbox"]) == 4 and "counts" in r["segmentation"] for r in results)
+    if BUNDLED:  # the trained model finds the nails of a hand photo
+        assert len([r for r in results if r["score"] >= 0.5]) >= 1
