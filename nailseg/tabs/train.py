@@ -32,6 +32,7 @@ CONFIGS = {
 CONVERTED_ROOT = Path(os.environ.get("NAILSEG_CONVERTED_DIR", Path(tempfile.gettempdir()) / "nailseg-converted"))
 DATA_ROOTS = (CONVERTED_ROOT, REPO_ROOT / "data")
 EXPORT_DIR = "export"
+LOG_LINES = 15  # the log box shows them all, without scrolling
 JOBS = TrainingJobs()
 
 
@@ -90,7 +91,9 @@ def summary_markdown(status: JobStatus) -> str:
 
 def loss_frame(status: JobStatus) -> pd.DataFrame:
     """``iter``/``loss`` columns for the loss curve (empty before the first logged iteration)."""
-    return pd.DataFrame(status.losses, columns=["iter", "loss"])
+    # Typed even when empty: the plot picks its axis types from the first value it gets.
+    iters, losses = zip(*status.losses, strict=True) if status.losses else ((), ())
+    return pd.DataFrame({"iter": pd.Series(iters, dtype="int64"), "loss": pd.Series(losses, dtype="float64")})
 
 
 def export_checkpoint(status: JobStatus) -> tuple[Path, Path]:
@@ -123,7 +126,7 @@ def _view(status: JobStatus):
         progress_html(status),
         summary_markdown(status),
         loss_frame(status),
-        "\n".join(status.log_tail),
+        "\n".join(status.log_tail[-LOG_LINES:]),
         gr.update(interactive=not status.running),
         gr.update(interactive=status.running),
         gr.update(visible=ended),
@@ -136,7 +139,7 @@ def poll():
 
 
 def start(config_label: str, data: str, epochs, batch_size, lr, overrides: str):
-    """Start a training with the form's values; empty fields keep the config's own."""
+    """Start a training with the form's values; empty or 0 fields keep the config's own."""
     data = (data or "").strip()
     if not data or not (Path(data) / "train.json").is_file():
         raise gr.Error(f"no train.json in {data!r}: convert a dataset first (Dataset tab or `nailseg convert`)")
@@ -214,9 +217,9 @@ def train_tab() -> None:
                            label="Data: a folder written by `nailseg convert` (a server path)",
                            elem_id="train-data")  # fmt: skip
     with gr.Row():
-        epochs = gr.Number(None, precision=0, minimum=1, label="Epochs (empty: the config's schedule)")
+        epochs = gr.Number(0, precision=0, minimum=0, label="Epochs (0: the config's schedule)")
         batch_size = gr.Number(4, precision=0, minimum=1, label="Batch size")
-        lr = gr.Number(None, minimum=0, label="Learning rate (empty: the config's)")
+        lr = gr.Number(0, minimum=0, label="Learning rate (0: the config's)")
     overrides = gr.Textbox(label="Config overrides (optional)", placeholder="train_cfg.max_iters=100 ...")
     with gr.Row():
         start_btn = gr.Button("Start training", variant="primary", elem_id="train-start")
@@ -224,12 +227,12 @@ def train_tab() -> None:
     progress = gr.HTML(progress_html(JobStatus()), elem_id="train-progress")
     summary = gr.Markdown(elem_id="train-summary")
     curve = gr.LinePlot(loss_frame(JobStatus()), x="iter", y="loss", title="Training loss", height=260)
-    log = gr.Textbox(label="Log (last lines)", lines=12, max_lines=12, autoscroll=True, elem_id="train-log")
+    log = gr.Textbox(label="Log (last lines)", lines=LOG_LINES, max_lines=LOG_LINES, elem_id="train-log")
     with gr.Group(visible=False) as finished:
         with gr.Row():
             download_btn = gr.Button("Export weights (.safetensors + config, zipped)", elem_id="train-export")
             use_btn = gr.Button("Use this model in the Segment tab", elem_id="train-use")
-        weights_file = gr.File(label="Weights", elem_id="train-weights")
+        weights_file = gr.File(label="Weights", interactive=False, height=90, elem_id="train-weights")
         use_msg = gr.Markdown()
         with gr.Row():
             repo_id = gr.Textbox(label="Hub repo id (OWNER/NAME)")
