@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from nailseg.weights import BUNDLED_WEIGHTS, WeightsError
+from nailseg.weights import BUNDLED_WEIGHTS, HubUnreachable, WeightsError
 
 CARD_NAME = "README.md"
 _METRIC_NAMES = {
@@ -112,13 +112,18 @@ def push_model(
 
     Raises:
         WeightsError: missing files.
+        HubUnreachable: no connection to the Hub.
         huggingface_hub.errors.HfHubHTTPError: the Hub refused (bad token, no write access...).
     """
-    from huggingface_hub import CommitOperationAdd, HfApi
+    from httpx2 import TransportError  # huggingface_hub's HTTP client
+    from huggingface_hub import CommitOperationAdd, HfApi, constants
 
     files = hub_files(weights, repo_id, metrics)
     api = HfApi(token=token or None)
-    api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
+    try:
+        api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
+    except TransportError as err:
+        raise HubUnreachable(f"cannot reach the Hub at {constants.ENDPOINT}: {err}") from err
     operations = [
         CommitOperationAdd(path_in_repo=name, path_or_fileobj=content if isinstance(content, bytes) else str(content))
         for name, content in files

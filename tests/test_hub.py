@@ -194,3 +194,14 @@ def test_push_then_predict_from_the_hub(hub, hf_env, model_files, tmp_path):
     assert all(r["image_id"] == 1 and len(r["bbox"]) == 4 and "counts" in r["segmentation"] for r in results)
     if BUNDLED:  # the trained model finds the nails of a hand photo
         assert len([r for r in results if r["score"] >= 0.5]) >= 1
+
+
+def test_push_to_an_unreachable_hub_says_so(hf_env, tmp_path):
+    weights = tmp_path / "m.safetensors"
+    weights.write_bytes(b"w")
+    weights.with_suffix(".py").write_text("x = 1\n")
+    env = {**hf_env, "HF_ENDPOINT": f"http://127.0.0.1:{_free_port()}"}
+    push = subprocess.run([sys.executable, "-m", "nailseg", "push", "--repo-id", "me/x", "--weights", str(weights)],
+                          env=env, capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert push.returncode == 2
+    assert "cannot reach the Hub" in push.stderr and "Traceback" not in push.stderr

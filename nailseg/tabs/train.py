@@ -191,6 +191,7 @@ def push(repo_id: str, token: str, private: bool) -> str:
     from huggingface_hub.errors import HfHubHTTPError
 
     from nailseg.hub import push_model
+    from nailseg.weights import WeightsError
 
     repo_id = (repo_id or "").strip()
     if repo_id.count("/") != 1:
@@ -202,8 +203,8 @@ def push(repo_id: str, token: str, private: bool) -> str:
                             metrics=status.metrics)  # fmt: skip
     except HfHubHTTPError as err:
         raise gr.Error(f"the Hub refused the upload: {err}") from err
-    except OSError as err:
-        raise gr.Error(f"cannot reach the Hub: {err}") from err
+    except WeightsError as err:  # HubUnreachable included
+        raise gr.Error(str(err)) from err
     return f"Pushed: {result.commit_url}. Load it anywhere with `NAILSEG_WEIGHTS={result.spec}`."
 
 
