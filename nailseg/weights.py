@@ -52,8 +52,23 @@ def parse_hub_spec(spec: str) -> HubSpec:
     return HubSpec(f"{parts[0]}/{repo}", "/".join(parts[2:]), revision)
 
 
+def _hub_reachable(endpoint: str, timeout: float = 3.0) -> bool:
+    """A TCP connection to the Hub opens (assumed true behind a proxy, which we cannot probe)."""
+    import socket
+    from urllib.parse import urlsplit
+
+    if any(os.environ.get(k) for k in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY")):
+        return True
+    url = urlsplit(endpoint)
+    try:
+        socket.create_connection((url.hostname, url.port or (443 if url.scheme == "https" else 80)), timeout).close()
+        return True
+    except OSError:
+        return False
+
+
 def _download(spec: HubSpec, filename: str) -> Path:
-    from huggingface_hub import hf_hub_download
+    from huggingface_hub import constants, hf_hub_download
     from huggingface_hub.errors import (
         LocalEntryNotFoundError,
         RemoteEntryNotFoundError,
@@ -61,8 +76,10 @@ def _download(spec: HubSpec, filename: str) -> Path:
         RevisionNotFoundError,
     )
 
+    # Offline, hf_hub_download retries for ~25 s before giving up; the cache answers at once.
+    offline = not _hub_reachable(constants.ENDPOINT)
     try:
-        return Path(hf_hub_download(spec.repo_id, filename, revision=spec.revision))
+        return Path(hf_hub_download(spec.repo_id, filename, revision=spec.revision, local_files_only=offline))
     except LocalEntryNotFoundError as err:  # offline and not cached (a subclass of EntryNotFoundError)
         raise HubUnreachable(f"cannot reach the Hugging Face Hub for {spec.repo_id}/{filename}") from err
     except (RemoteEntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError) as err:
