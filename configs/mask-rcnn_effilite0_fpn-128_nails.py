@@ -29,7 +29,7 @@ model = dict(
         rcnn=dict(max_per_img=50)))  # no hand photo has 50 nails
 
 # Iteration-based so that a stopped run resumes mid-epoch; `nailseg train --epochs` rescales it.
-max_iters = 1800
+max_iters = 1600
 train_cfg = dict(type='IterBasedTrainLoop', max_iters=max_iters, val_interval=max_iters)
 val_cfg = dict(type='ValLoop')
 test_cfg = dict(type='TestLoop')

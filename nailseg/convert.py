@@ -11,10 +11,9 @@ shape that pinches into several outlines) the segmentation is written as compres
 
 from __future__ import annotations
 
+import cv2
 import numpy as np
 from pycocotools import mask as mask_utils
-
-import cv2
 
 NAIL_CATEGORY = {"id": 1, "name": "nail", "supercategory": "nail"}
 DEFAULT_MIN_AREA = 20
@@ -99,7 +98,11 @@ def mask_to_instances(
 
 
 def polygons_to_instances(polygons_xy: list[np.ndarray], height: int, width: int) -> list[np.ndarray]:
-    """Rasterise polygons with ``cv2.fillPoly``, one mask per polygon.
+    """Rasterise polygons the way COCO does (pycocotools), one mask per polygon.
+
+    ``cv2.fillPoly`` would also fill the right and bottom outline pixels (a 4x4 square becomes
+    5x5, +4 % area on a nail); pycocotools is the rasteriser mmdet and COCOeval use, so labels
+    converted through it are the labels the model is trained and scored on.
 
     Args:
         polygons_xy: one ``(K, 2)`` float array per nail, xy in pixels with pixel ``(x, y)``
@@ -109,14 +112,10 @@ def polygons_to_instances(polygons_xy: list[np.ndarray], height: int, width: int
     Returns:
         List of ``(H, W)`` bool masks (possibly empty where a polygon is degenerate).
     """
-    instances = []
-    for poly in polygons_xy:
-        canvas = np.zeros((height, width), np.uint8)
-        # cv2 puts integer vertices on pixel centres; shift=4 keeps 1/16 px of the exact outline.
-        vertices = np.round((np.asarray(poly, np.float64) - 0.5) * 16).astype(np.int32)
-        cv2.fillPoly(canvas, [vertices.reshape(-1, 1, 2)], 1, lineType=cv2.LINE_8, shift=4)
-        instances.append(canvas.astype(bool))
-    return instances
+    if not polygons_xy:
+        return []
+    rles = mask_utils.frPyObjects([np.asarray(p, np.float64).ravel().tolist() for p in polygons_xy], height, width)
+    return list(mask_utils.decode(rles).astype(bool).transpose(2, 0, 1))
 
 
 def _drop_collinear(points: np.ndarray) -> np.ndarray:

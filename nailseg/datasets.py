@@ -60,7 +60,7 @@ class ConversionReport:
     layout: str
     train: dict
     valid: dict
-    manifest: "pandas.DataFrame"  # noqa: F821 - imported lazily
+    manifest: pandas.DataFrame  # noqa: F821 - imported lazily
     problems: list[tuple[str, str]]  # (path relative to root, what is wrong)
 
     @property

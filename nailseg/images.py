@@ -22,10 +22,22 @@ def exif_size(path: str | Path) -> tuple[int, int]:
     try:
         with Image.open(path) as im:
             width, height = im.size
-            orientation = im.getexif().get(0x0112, 1)
+            orientation = _orientation(im)
     except (UnidentifiedImageError, OSError) as err:
         raise ImageError(f"not a readable image ({err.__class__.__name__})") from err
     return (height, width) if orientation in _ROTATED else (width, height)
+
+
+def _orientation(im: Image.Image) -> int:
+    """EXIF orientation tag without decoding pixels (PNG's ``getexif`` would decode them all)."""
+    if im.format == "PNG":
+        raw = im.info.get("exif")  # an eXIf chunk ahead of the pixel data
+        if not raw:
+            return 1
+        exif = Image.Exif()
+        exif.load(raw)
+        return exif.get(0x0112, 1)
+    return im.getexif().get(0x0112, 1)
 
 
 def load_image_rgb(source: str | Path | bytes | Image.Image, max_pixels: int = MAX_PIXELS) -> np.ndarray:

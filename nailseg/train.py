@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import warnings
 from pathlib import Path
 
@@ -145,6 +146,11 @@ def train(cfg, resume: bool = False) -> Path:
 
     import nailseg.model  # noqa: F401 - registers the backbone and mask head
 
+    if resume:
+        # mmengine's resume reads its own full checkpoint (optimizer, HistoryBuffer...), which
+        # torch >= 2.6 refuses with weights_only=True. It is this run's own file in its own
+        # work_dir, so trust it; published weights never take this path (see weights.py).
+        os.environ.setdefault("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
     cfg.resume = bool(resume)
     cfg.load_from = None if resume else cfg.get("load_from")
     runner = Runner.from_cfg(cfg)

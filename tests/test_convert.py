@@ -213,11 +213,6 @@ def test_polygons_to_instances(polygons, areas):
         assert xs.min() >= x0 and ys.min() >= y0 and xs.max() <= x1 and ys.max() <= y1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="cv2.fillPoly fills the right/bottom outline too: one extra pixel column and row "
-    "(pycocotools gives the 16 pixels the docstring's convention implies)",
-)
 def test_pixel_edge_square_is_exact():
     """Pixel (x, y) covers [x, x+1] x [y, y+1]: the square (1,1)-(5,5) is pixels 1..4, 16 of them."""
     (nail,) = polygons_to_instances([np.array([[1, 1], [5, 1], [5, 5], [1, 5]], float)], 8, 8)

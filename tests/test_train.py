@@ -1,0 +1,87 @@
+"""Training wrapper: config plumbing (fast) and a real few-iteration run with resume."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import ROBOFLOW
+
+from nailseg.datasets import convert_dataset, save_report
+from nailseg.train import CONFIG_DIR, DEFAULT_CONFIG, build_config
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("tiny")
+    save_report(convert_dataset(ROBOFLOW, valid_fraction=0.34, seed=0), out)
+    return out
+
+
+def test_build_config_points_at_the_data(tiny):
+    cfg = build_config(DEFAULT_CONFIG, tiny, work_dir=tiny / "wd")
+    assert cfg.train_dataloader.dataset.data_root == str(ROBOFLOW.resolve())
+    assert cfg.train_dataloader.dataset.ann_file == str(tiny / "train.json")
+    assert cfg.val_evaluator.ann_file == str(tiny / "valid.json")
+    assert cfg.work_dir == str(tiny / "wd")
+    # Masks are loaded through poly2mask so RLE instances are never dropped.
+    load = [s for s in cfg.train_dataloader.dataset.pipeline if s["type"] == "LoadAnnotations"][0]
+    assert load["poly2mask"] is True
+
+
+def test_epochs_become_iterations_and_stretch_the_schedule(tiny):
+    cfg = build_config(DEFAULT_CONFIG, tiny, epochs=3, batch_size=2, lr=0.005)
+    n_train = len(json.loads((tiny / "train.json").read_text())["images"])
+    per_epoch = -(-n_train // 2)
+    assert cfg.train_cfg.max_iters == 3 * per_epoch
+    assert cfg.train_cfg.val_interval == per_epoch
+    assert cfg.param_scheduler[-1]["end"] == cfg.train_cfg.max_iters
+    assert cfg.optim_wrapper.optimizer.lr == 0.005
+    assert cfg.default_hooks.checkpoint.interval <= per_epoch  # at least one checkpoint per epoch
+
+
+def test_seed_config_epoch_schedule_and_offline_download(tiny, monkeypatch):
+    import nailseg.train as train_module
+
+    monkeypatch.setattr(train_module, "_reachable", lambda url, timeout=3.0: False)
+    with pytest.warns(UserWarning, match="cannot reach"):
+        cfg = build_config(CONFIG_DIR / "mask-rcnn_r50-caffe_fpn_ms_nails.py", tiny, epochs=6)
+    assert cfg.load_from is None and cfg.model.backbone.init_cfg is None
+    assert cfg.train_cfg.max_epochs == 6
+    assert cfg.model.roi_head.bbox_head.num_classes == 1 == cfg.model.roi_head.mask_head.num_classes
+    steps = [s for s in cfg.param_scheduler if s["type"] == "MultiStepLR"][0]
+    assert steps["milestones"] == [4, 6]  # 8 and 11 of 12, scaled to 6
+
+
+def test_no_validation_split_means_no_validation(tmp_path):
+    save_report(convert_dataset(ROBOFLOW, valid_fraction=0), tmp_path)
+    cfg = build_config(DEFAULT_CONFIG, tmp_path)
+    assert cfg.val_cfg is None and cfg.val_dataloader is None
+
+
+@pytest.mark.parametrize("files, error", [([], FileNotFoundError)])
+def test_missing_data_is_explained(tmp_path, files, error):
+    with pytest.raises(error, match="nailseg convert"):
+        build_config(DEFAULT_CONFIG, tmp_path)
+
+
+def test_train_checkpoints_and_resumes(tiny, tmp_path):
+    """Two iterations, then --resume to four: the second run starts where the first stopped."""
+    work = tmp_path / "wd"
+    base = [sys.executable, "-m", "nailseg", "train", "--data", str(tiny), "--work-dir", str(work), "--batch-size", "2",
+            "--cfg-options", "default_hooks.checkpoint.interval=2", "default_hooks.logger.interval=1"]  # fmt: skip
+    first = subprocess.run([*base[:-2], "train_cfg.max_iters=2", "train_cfg.val_interval=2", *base[-2:]],
+                           capture_output=True, text=True)  # fmt: skip
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert (work / "iter_2.pth").is_file()
+    second = subprocess.run([*base[:-2], "train_cfg.max_iters=4", "train_cfg.val_interval=4", *base[-2:], "--resume"],
+                            capture_output=True, text=True)  # fmt: skip
+    assert second.returncode == 0, second.stderr[-3000:]
+    log = second.stdout + second.stderr
+    assert "resumed" in log.lower() or "Load checkpoint" in log
+    assert "Iter(train) [1/4]" not in log and "Iter(train) [3/4]" in log
+    assert (work / "iter_4.pth").is_file()
+    assert "coco/segm_mAP" in log  # validation AP is logged
