@@ -12,6 +12,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -208,3 +209,42 @@ def test_push_to_an_unreachable_hub_says_so(hf_env, tmp_path):
                           env=env, capture_output=True, text=True, timeout=120)  # fmt: skip
     assert push.returncode == 2
     assert "cannot reach the Hub" in push.stderr and "Traceback" not in push.stderr
+
+
+def test_app_loads_its_weights_through_the_hub(hub, hf_env, model_files, tmp_path):
+    """``NAILSEG_WEIGHTS=hf://...``: the app downloads through the Hub into the cache and segments."""
+    from gradio_client import Client, handle_file
+
+    repo_id = "nailseg/served"
+    hub.add_folder(repo_id, model_files.parent, f"{model_files.stem}.*")
+    hub.add_folder(repo_id, model_files.parent, "README.md")
+    spec = f"hf://{repo_id}/{model_files.name}"
+    port = _free_port()
+    env = {**hf_env, "NAILSEG_WEIGHTS": spec, "GRADIO_SERVER_NAME": "127.0.0.1", "GRADIO_SERVER_PORT": str(port),
+           "GRADIO_TEMP_DIR": str(tmp_path / "gradio"), "GRADIO_ANALYTICS_ENABLED": "False",
+           "NAILSEG_WORK_DIRS": str(tmp_path / "work_dirs")}  # fmt: skip
+    with open(tmp_path / "app.log", "w") as log:
+        app = subprocess.Popen([sys.executable, "app.py"], cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        url = f"http://127.0.0.1:{port}/"
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and app.poll() is None:
+            try:
+                urllib.request.urlopen(url + "gradio_api/info", timeout=5).close()
+                break
+            except OSError:
+                time.sleep(1)
+        assert app.poll() is None, (tmp_path / "app.log").read_text()[-3000:]
+        assert ("GET", f"/{repo_id}/resolve/main/{model_files.name}") in hub.requests
+        cached = list(Path(hf_env["HF_HUB_CACHE"]).glob(f"models--nailseg--served/snapshots/*/{model_files.name}"))
+        assert len(cached) == 1
+        threshold = 0.5 if BUNDLED else 0.05  # random weights score low, but they do detect
+        outputs = Client(url, verbose=False).predict(handle_file(str(PHOTOS[0])), threshold, api_name="/segment")
+        assert any(spec in str(out) for out in outputs), outputs  # the weights in use are shown
+        per_nail = [out for out in outputs if isinstance(out, list) and out and isinstance(out[0], dict)
+                    and "box_xyxy" in out[0]]  # fmt: skip
+        assert len(per_nail) == 1, outputs
+        assert [n["number"] for n in per_nail[0]] == list(range(1, len(per_nail[0]) + 1))
+    finally:
+        app.terminate()
+        app.wait(30)
