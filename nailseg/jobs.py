@@ -11,6 +11,7 @@ The parsers (``parse_progress``, ``parse_eta``, ``parse_scalars``...) are pure f
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import fcntl
 import json
@@ -317,6 +318,9 @@ class TrainingJobs:
         run = read_run(work_dir, log_lines)
         if phase == "finished" and run["max_iters"]:
             run["iter"] = run["max_iters"]
+        if phase == "running" and run["eta_s"] is not None:  # the estimate was made at the last log line
+            with contextlib.suppress(OSError):
+                run["eta_s"] = max(0.0, run["eta_s"] - (time.time() - (work_dir / LOG_NAME).stat().st_mtime))
         return JobStatus(state=phase, work_dir=str(work_dir), argv=state["argv"], pid=state["pid"],
                          started=state.get("started"), returncode=returncode, **run)  # fmt: skip
 

@@ -42,6 +42,12 @@ def data_choices(roots: tuple[Path, ...] = DATA_ROOTS) -> list[str]:
     return [str(p) for p in sorted(found, key=lambda p: p.stat().st_mtime, reverse=True)]
 
 
+def refresh_choices(current: str | None):
+    """The dataset list again (a dataset converted since the page was built), keeping the choice."""
+    choices = data_choices()
+    return gr.update(choices=choices, value=current or (choices[0] if choices else None))
+
+
 def device_note() -> str:
     """One line on the hardware training will use."""
     import torch
@@ -216,7 +222,8 @@ def train_tab() -> None:
         choices = data_choices()
         data = gr.Dropdown(choices, value=choices[0] if choices else None, allow_custom_value=True,
                            label="Data: a folder written by `nailseg convert` (a server path)",
-                           elem_id="train-data")  # fmt: skip
+                           elem_id="train-data", scale=4)  # fmt: skip
+        refresh = gr.Button("↻ datasets", scale=0, min_width=100, elem_id="train-data-refresh")
     with gr.Row():
         epochs = gr.Number(0, precision=0, minimum=0, label="Epochs (0: the config's schedule)")
         batch_size = gr.Number(4, precision=0, minimum=1, label="Batch size")
@@ -243,6 +250,7 @@ def train_tab() -> None:
         push_msg = gr.Markdown()
 
     view = [progress, summary, curve, log, start_btn, stop_btn, finished]
+    refresh.click(refresh_choices, data, data, api_name="train_data_choices")
     start_btn.click(start, [config, data, epochs, batch_size, lr, overrides], view, api_name="train_start",
                     concurrency_limit=1)  # fmt: skip
     stop_btn.click(stop, None, view, api_name="train_stop", concurrency_limit=1)
