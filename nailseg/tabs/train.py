@@ -218,12 +218,12 @@ def train_tab() -> None:
     """Build the Train tab inside the caller's ``gr.Tab``."""
     gr.Markdown(device_note(), elem_id="train-device")
     with gr.Row():
-        config = gr.Radio(list(CONFIGS), value=next(iter(CONFIGS)), label="Model")
+        config = gr.Radio(list(CONFIGS), value=next(iter(CONFIGS)), label="Model", scale=2)
         choices = data_choices()
         data = gr.Dropdown(choices, value=choices[0] if choices else None, allow_custom_value=True,
                            label="Data: a folder written by `nailseg convert` (a server path)",
-                           elem_id="train-data", scale=4)  # fmt: skip
-        refresh = gr.Button("↻ datasets", scale=0, min_width=100, elem_id="train-data-refresh")
+                           elem_id="train-data", scale=3)  # fmt: skip
+        refresh = gr.Button("↻ datasets", scale=0, min_width=100, size="sm", elem_id="train-data-refresh")
     with gr.Row():
         epochs = gr.Number(0, precision=0, minimum=0, label="Epochs (0: the config's schedule)")
         batch_size = gr.Number(4, precision=0, minimum=1, label="Batch size")
