@@ -78,20 +78,16 @@ def mask_to_instances(
     Returns:
         List of ``(H, W)`` bool masks, one per nail, in label order.
     """
-    from scipy.ndimage import find_objects
-
     if binary.size == 0:  # OpenCV's labelling crashes the process on a zero-size array
         return []
-    # connectedComponents + find_objects is ~2.5x faster than connectedComponentsWithStats here,
-    # and comparing labels inside each box avoids a full-image pass per nail.
-    _, labels = cv2.connectedComponents(binary.astype(np.uint8), connectivity=8)
+    # connectedComponents + bincount is ~5x faster than connectedComponentsWithStats (OpenCV 4.14).
+    n, labels = cv2.connectedComponents(binary.astype(np.uint8), connectivity=8)
+    areas = np.bincount(labels.ravel(), minlength=n)
     instances = []
-    for k, box in enumerate(find_objects(labels), start=1):
-        inside = labels[box] == k
-        if np.count_nonzero(inside) < min_area:
+    for k in range(1, n):
+        if areas[k] < min_area:
             continue
-        region = np.zeros(binary.shape, bool)
-        region[box] = inside
+        region = labels == k
         parts = split_touching(region) if split else [region]
         instances.extend(p for p in parts if p is region or p.sum() >= min_area)
     return instances
@@ -118,16 +114,6 @@ def polygons_to_instances(polygons_xy: list[np.ndarray], height: int, width: int
     return list(mask_utils.decode(rles).astype(bool).transpose(2, 0, 1))
 
 
-def _drop_collinear(points: np.ndarray) -> np.ndarray:
-    """Remove vertices that lie on the straight line between their neighbours (exactly)."""
-    prev = np.roll(points, 1, axis=0)
-    nxt = np.roll(points, -1, axis=0)
-    cross = (points[:, 0] - prev[:, 0]) * (nxt[:, 1] - points[:, 1]) - (points[:, 1] - prev[:, 1]) * (
-        nxt[:, 0] - points[:, 0]
-    )
-    return points[np.abs(cross) > 1e-9]
-
-
 def _box_xyxy(instance: np.ndarray) -> tuple[int, int, int, int]:
     """Tight box ``(x0, y0, x1, y1)``, exclusive ends, of a non-empty ``(H, W)`` bool mask."""
     # Row/column reductions are ~20x faster than np.nonzero on a full-size mask.
@@ -147,21 +133,19 @@ def encode_segmentation(instance: np.ndarray) -> list[list[float]] | dict:
         ``[[x1, y1, x2, y2, ...]]`` (one polygon, pycocotools pixel convention) when a polygon
         holds the shape, else compressed RLE ``{"size": [H, W], "counts": str}``.
     """
-    from skimage.measure import find_contours
-
     height, width = instance.shape
     x0, y0, x1, y1 = _box_xyxy(instance)
     crop = instance[y0:y1, x0:x1]
-    # Marching squares at level 0.5 passes half-way between inside and outside pixel centres,
-    # so pycocotools' rasteriser (pixel centres at +0.5) puts every pixel back on its side.
-    contours = find_contours(np.pad(crop, 1).astype(np.float32), 0.5, fully_connected="high")
-    if len(contours) == 1:
-        points = _drop_collinear(contours[0][:-1, ::-1] - 0.5)  # (row, col) -> (x, y), open ring
-        if len(points) >= 3:
-            local = mask_utils.decode(mask_utils.frPyObjects([points.ravel().tolist()], *crop.shape))
-            if np.array_equal(local[:, :, 0].astype(bool), crop):
-                points = points + (x0, y0)
-                return [[round(float(v), 2) for v in points.ravel()]]
+    # Trace the outline on the crop doubled in size: its boundary pixel centres lie a quarter
+    # pixel inside the nail's pixel edges, so pycocotools' rasteriser (pixel centres at +0.5)
+    # puts every pixel back on its side. A second outline means a hole: RLE.
+    doubled = np.repeat(np.repeat(crop.astype(np.uint8), 2, axis=0), 2, axis=1)
+    contours, _ = cv2.findContours(doubled, cv2.RETR_CCOMP, cv2.CHAIN_APPROX_SIMPLE)
+    if len(contours) == 1 and len(contours[0]) >= 3:
+        points = (contours[0][:, 0, :] + 0.5) / 2  # doubled pixel index -> crop coordinates
+        local = mask_utils.decode(mask_utils.frPyObjects([points.ravel().tolist()], *crop.shape))
+        if np.array_equal(local[:, :, 0].astype(bool), crop):  # a guarantee, not a hope
+            return [(points + (x0, y0)).ravel().tolist()]
     rle = mask_utils.encode(np.asfortranarray(instance.astype(np.uint8)))
     return {"size": [height, width], "counts": rle["counts"].decode("ascii")}
 

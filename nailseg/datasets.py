@@ -14,10 +14,12 @@ schedules them. It must not import torch or mmdet so that ``nailseg convert`` st
 from __future__ import annotations
 
 import hashlib
+import importlib
 import json
 import os
 import sys
 import tempfile
+import threading
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -277,8 +279,7 @@ def convert_dataset(
         workers: processes to use; default: all cores.
         progress: show a progress bar; default: only on a terminal.
     """
-    import pandas as pd
-    from tqdm.auto import tqdm
+    from tqdm import tqdm
 
     if not 0 <= valid_fraction < 1:
         raise ValueError(f"valid fraction must be in [0, 1), got {valid_fraction}")
@@ -289,17 +290,25 @@ def convert_dataset(
     jobs = [(root, chunk, min_area, split_touching) for chunk in chunks]
     show = sys.stderr.isatty() if progress is None else progress
     bar = tqdm(total=len(samples), unit="photo", desc="convert", disable=not show)
+    # pandas takes a few hundred ms to import: let that happen while the workers convert. The
+    # thread starts only after the workers are forked (forking beside a running import can hang).
+    pandas_import = threading.Thread(target=importlib.import_module, args=("pandas",), daemon=True)
     results: list[ConvertedSample] = []
     if workers > 1 and len(chunks) > 1:
         with ProcessPoolExecutor(workers) as pool:
-            for chunk_result in pool.map(_convert_chunk, jobs):
+            chunk_results = pool.map(_convert_chunk, jobs)
+            pandas_import.start()
+            for chunk_result in chunk_results:
                 results += chunk_result
                 bar.update(len(chunk_result))
     else:
+        pandas_import.start()
         for job in jobs:
             results += _convert_chunk(job)
             bar.update(len(job[1]))
     bar.close()
+    pandas_import.join()
+    import pandas as pd
 
     ok = [r for r in results if r.problem is None]
     problems += [(r.sample.image, r.problem) for r in results if r.problem is not None]
