@@ -1,7 +1,7 @@
 """Fidelity: do semantic masks converted back give the true nails? Recall and precision at IoU >= 0.9.
 
-Each YOLO-seg nail of ``nails-roboflow`` is rendered with ``cv2.fillPoly``
-(:func:`nailseg.convert.polygons_to_instances`) as the ground truth; all nails of a photo are merged
+Each YOLO-seg nail of ``nails-roboflow`` is rendered with ``cv2.fillPoly`` (as a user painting
+masks from outlines would) as the ground truth; all nails of a photo are merged
 into one 0/255 mask, written as a semantic dataset (``Images/all/`` + ``Masks/all/``) in a temp
 folder and converted back by (a) ``nailseg convert``, (b) ``nailseg convert --split-touching`` and
 (c) the seed's algorithm (``bench/seed_convert.py``), each with everything in ``train.json``.
@@ -29,7 +29,6 @@ import numpy as np
 from pycocotools.coco import COCO
 from scipy.optimize import linear_sum_assignment
 
-from nailseg.convert import polygons_to_instances
 from nailseg.datasets import load_yolo_polygons
 from nailseg.images import exif_size
 
@@ -37,6 +36,16 @@ BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
 DEFAULT_ROOT = REPO.parent / "shared" / "data" / "nails-roboflow"
 IOU = 0.9
+
+
+def fill_polygons(polygons: list[np.ndarray], height: int, width: int) -> list[np.ndarray]:
+    """One ``(H, W) bool`` mask per polygon, painted with ``cv2.fillPoly`` at integer vertices."""
+    masks = []
+    for poly in polygons:
+        canvas = np.zeros((height, width), np.uint8)
+        cv2.fillPoly(canvas, [np.round(poly).astype(np.int32).reshape(-1, 1, 2)], 1)
+        masks.append(canvas.astype(bool))
+    return masks
 
 
 def build_semantic(root: Path, stems: list[str], dest: Path) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
@@ -53,7 +62,7 @@ def build_semantic(root: Path, stems: list[str], dest: Path) -> tuple[dict[str, 
         image = next((root / "images").glob(f"{stem}.*"))
         width, height = exif_size(image)
         polygons = load_yolo_polygons(root / "labels" / f"{stem}.txt", width, height)
-        nails = [m for m in polygons_to_instances(polygons, height, width) if m.any()]
+        nails = [m for m in fill_polygons(polygons, height, width) if m.any()]
         masks = np.stack(nails) if nails else np.zeros((0, height, width), bool)
         merged = masks.any(axis=0)
         _, blobs = cv2.connectedComponents(merged.astype(np.uint8), connectivity=8)
