@@ -50,8 +50,12 @@ class AppProcess:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}/"
         self.upload_dir = tmp / "gradio"
+        self.tmp_dir = tmp / "tmp"  # the app's $TMPDIR: what it leaves there can be checked
+        self.tmp_dir.mkdir()
+        self.converted_dir = tmp / "converted"  # datasets kept for the Train tab
         env = {**os.environ, ENV_VAR: weights_spec(), "GRADIO_SERVER_NAME": "127.0.0.1",
                "GRADIO_SERVER_PORT": str(self.port), "GRADIO_TEMP_DIR": str(self.upload_dir),
+               "TMPDIR": str(self.tmp_dir), "NAILSEG_CONVERTED_DIR": str(self.converted_dir),
                "GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1"}  # fmt: skip
         self.log = (tmp / "app.log").open("w")
         self.proc = subprocess.Popen([sys.executable, "app.py"], cwd=REPO, env=env, stdout=self.log,

@@ -83,6 +83,15 @@ def test_segment_a_photo(page, tmp_path):
     page.screenshot(path=str(SCREENSHOTS / "segment.png"), full_page=True)
 
 
+def test_an_example_photo_twice(page):
+    for _ in range(2):  # in two sessions: the example's file must survive the first answer
+        page.locator("#examples button.gallery-item").first.click()
+        page.get_by_role("button", name="Segment", exact=True).click()
+        page.locator("#segment-status").get_by_text(re.compile(r"model time")).wait_for()
+        page.reload()
+        page.get_by_role("button", name="Segment", exact=True).wait_for()
+
+
 def test_a_file_that_is_not_a_photo_gets_a_message(page, tmp_path):
     bad = tmp_path / "notes.jpg"
     bad.write_text("not a photo")

@@ -168,7 +168,9 @@ def test_awkward_inputs_get_a_clear_answer(client, app, tmp_path, kind, message)
     else:
         overlay, _, records, *_, status = segment(client, path)
         height, width = load_image_rgb(path).shape[:2]
-        assert Image.open(overlay).size == (width, height)
+        scale = min(1, 2048 / max(width, height))  # the page shows large photos shrunk
+        assert Image.open(overlay).size == (round(width * scale), round(height * scale))
+        assert all(0 <= r["box_xyxy"][2] <= width and 0 <= r["box_xyxy"][3] <= height for r in records)
         assert "weights:" in status
     assert app.alive()
     assert segment(client, PHOTOS[0])[2] is not None  # and it keeps serving
@@ -226,12 +228,35 @@ def test_dataset_zip_converts(client, app, tmp_path):
     from gradio_client import handle_file
 
     archive = dataset_zip(tmp_path / "nails.zip")
-    stats, gallery, coco_zip, summary = client.predict(handle_file(str(archive)), 0.2, api_name="/convert_dataset")
+    stats, gallery, coco_zip, summary = client.predict(handle_file(str(archive)), 0.2, False,
+                                                       api_name="/convert_dataset")  # fmt: skip
     assert summary["photos"] == len(PHOTOS)
     assert summary["nails"] == sum(label_count(p) for p in PHOTOS)
     assert f"{len(PHOTOS)} photos" in stats and 0 < len(gallery) <= 4
     assert set(zipfile.ZipFile(coco_zip).namelist()) == {"train.json", "valid.json", "manifest.csv"}
     assert list(app.upload_dir.rglob(archive.name)) == []  # the upload is deleted
+    assert [p.name for p in app.tmp_dir.iterdir() if not p.name.startswith("nailseg-app-")] == []  # and the photos
+
+
+def test_dataset_kept_for_training(client, app, tmp_path):
+    from gradio_client import handle_file
+
+    archive = dataset_zip(tmp_path / "mine.zip", PHOTOS[:3])
+    stats, *_ = client.predict(handle_file(str(archive)), 0.0, True, api_name="/convert_dataset")
+    (kept,) = app.converted_dir.glob("mine-*/train.json")  # where the Train tab looks
+    root = Path(json.loads(kept.read_text())["info"]["dataset_root"])
+    assert sorted(p.name for p in (root / "images").iterdir()) == sorted(p.name for p in PHOTOS[:3])
+    assert str(kept.parent) in stats
+
+
+def test_zip_without_a_dataset_says_so(client, tmp_path):
+    from gradio_client import handle_file
+    from gradio_client.exceptions import AppError
+
+    with zipfile.ZipFile(tmp_path / "misc.zip", "w") as zf:
+        zf.writestr("notes/readme.txt", "hello")
+    with pytest.raises(AppError, match="no dataset found in the zip.*expected Images/"):
+        client.predict(handle_file(str(tmp_path / "misc.zip")), 0.2, True, api_name="/convert_dataset")
 
 
 @pytest.mark.parametrize(("maker", "reason"), [(traversal_zip, "'..'"), (bomb_zip, "zip bomb")],
@@ -242,7 +267,7 @@ def test_unsafe_zips_are_refused(client, app, tmp_path, maker, reason):
 
     archive = maker(tmp_path / "bad.zip")
     with pytest.raises(AppError, match="Zip refused") as err:
-        client.predict(handle_file(str(archive)), 0.2, api_name="/convert_dataset")
+        client.predict(handle_file(str(archive)), 0.2, False, api_name="/convert_dataset")
     assert reason in str(err.value)
     assert not (tmp_path.parent / "evil.txt").exists()
     assert app.alive()

@@ -106,21 +106,19 @@ def test_forget_upload_deletes_only_uploads(tmp_path, monkeypatch):
 
 
 def test_render_without_nails_says_so():
-    rgb = np.zeros((40, 60, 3), np.uint8)
-    result = segment.Detections("blank", rgb, Nails.empty(40, 60), 0.5, 0.01, "test")
-    store = ModelStore()
-    store._model = type("M", (), {"weights": type("W", (), {"source": "test"})(), "load_seconds": 0.0,
-                                  "device": "cpu"})()  # fmt: skip
-    segment.STORE, saved = store, segment.STORE
-    try:
-        overlay, rows, records, gallery, zip_path, status = segment.render(result, 0.5, segment.crop_options(
-            0.1, True, 224, "kept"))  # fmt: skip
-    finally:
-        segment.STORE = saved
+    result = segment.Detections("blank", np.zeros((40, 60, 3), np.uint8), Nails.empty(40, 60), 0.5, 0.01, "test")
+    overlay, rows, records, gallery, zip_path, status = segment.render(result, 0.5, segment.crop_options(
+        0.1, True, 224, "kept"))  # fmt: skip
     assert "No nails found" in status and rows == records == gallery == []
     assert overlay.shape == (40, 60, 3)
     assert set(zipfile.ZipFile(zip_path).namelist()) == {"blank_overlay.png", "masks/blank_all.png",
                                                          "predictions.json"}  # fmt: skip
+
+
+@pytest.mark.parametrize(("shape", "expected"), [((100, 50, 3), (100, 50, 3)), ((4096, 1024, 3), (2048, 512, 3)),
+                                                 ((10, 5000), (4, 2048))])  # fmt: skip
+def test_fit(shape, expected):
+    assert segment.fit(np.zeros(shape, np.uint8), 2048).shape == expected
 
 
 def test_switch_to_missing_weights_is_an_error(tmp_path):

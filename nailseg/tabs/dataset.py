@@ -2,7 +2,8 @@
 
 Archives are untrusted: :func:`check_archive` refuses them before anything is written, and
 :func:`extract_archive` writes only regular files inside the target folder. The upload and the
-extracted photos are deleted before the answer is returned.
+extracted photos are deleted before the answer is returned, unless the user asks to keep the
+dataset on the server for the Train tab (then it goes to ``CONVERTED_ROOT/<name>/``).
 """
 
 from __future__ import annotations
@@ -10,7 +11,9 @@ from __future__ import annotations
 import shutil
 import stat
 import tempfile
+import time
 import zipfile
+from contextlib import nullcontext
 from pathlib import Path, PurePosixPath
 
 import gradio as gr
@@ -143,43 +146,65 @@ def summary_markdown(summary: dict) -> str:
     return "\n".join(lines)
 
 
-def convert_zip(zip_path: str | None, valid_fraction: float, progress=gr.Progress(track_tqdm=True)):
-    """The ``convert_dataset`` API: a zipped dataset in; statistics, a preview and a zip of COCO files out."""
+def kept_dataset_dir(zip_path: str) -> Path:
+    """A new folder for a dataset kept for the Train tab, where that tab looks for datasets."""
+    from nailseg.tabs.train import CONVERTED_ROOT
+
+    folder = CONVERTED_ROOT / f"{Path(zip_path).stem}-{time.strftime('%Y%m%d-%H%M%S')}"
+    folder.mkdir(parents=True)
+    return folder
+
+
+def convert_zip(zip_path: str | None, valid_fraction: float, keep: bool = False,
+                progress=gr.Progress(track_tqdm=True)):  # fmt: skip
+    """The ``convert_dataset`` API: a zipped dataset in; statistics, a preview and a zip of COCO files out.
+
+    With ``keep``, the photos and COCO files stay on the server for the Train tab; otherwise
+    nothing of the upload is left once the answer is returned.
+    """
     if not zip_path:
         raise gr.Error("Upload a .zip of a dataset first.")
-    with tempfile.TemporaryDirectory(prefix="nailseg-dataset-") as tmp:
+    kept = kept_dataset_dir(zip_path) if keep else None
+    with nullcontext(kept) if kept else tempfile.TemporaryDirectory(prefix="nailseg-dataset-") as folder:
         try:
             progress(0, desc="checking and extracting the zip")
-            root = extract_archive(zip_path, Path(tmp))
-        except UnsafeArchive as err:
-            raise gr.Error(f"Zip refused: {err}.") from err
+            root = extract_archive(zip_path, Path(folder))
+            report = convert_dataset(root, valid_fraction=float(valid_fraction), progress=True)
+        except ValueError as err:  # UnsafeArchive, or no dataset layout found
+            if kept:
+                shutil.rmtree(kept, ignore_errors=True)
+            if isinstance(err, UnsafeArchive):
+                raise gr.Error(f"Zip refused: {err}.") from err
+            raise gr.Error(str(err).replace(str(folder), "the zip")) from err
         finally:
             forget_upload(zip_path)
-        try:
-            report = convert_dataset(root, valid_fraction=float(valid_fraction), progress=True)
-        except ValueError as err:
-            raise gr.Error(str(err).replace(str(root), "the zip")) from err
         out = scratch_dir()
         save_report(report, out / "coco")
+        if kept:
+            save_report(report, kept)  # the Train tab finds it by its train.json
         shown = preview(root, report.train if report.train["images"] else report.valid)
     summary = report.summary()
     summary["root"] = Path(zip_path).name
-    return summary_markdown(summary), shown, str(write_zip(out / "coco", out / "coco.zip")), summary
+    text = summary_markdown(summary)
+    if kept:
+        text += f"\n\nKept on the server for the Train tab: `{kept}`"
+    return text, shown, str(write_zip(out / "coco", out / "coco.zip")), summary
 
 
 def dataset_tab() -> None:
     """Build the tab's components and events inside the current ``gr.Tab``."""
     gr.Markdown("Upload a `.zip` holding `Images/` + `Masks/` (semantic masks) or `images/` + `labels/` "
-                "(YOLO-seg polygons). It is deleted once converted.")  # fmt: skip
+                "(YOLO-seg polygons). It is deleted once converted, unless you keep it to train on.")  # fmt: skip
     with gr.Row():
         with gr.Column():
             archive = gr.File(label="Dataset (.zip)", file_types=[".zip"], elem_id="dataset-zip")
             valid_fraction = gr.Slider(0.0, 0.5, value=0.2, step=0.05, label="Validation share")
+            keep = gr.Checkbox(False, label="Keep the photos on the server to train on them (Train tab)")
             button = gr.Button("Convert", variant="primary")
         with gr.Column():
             stats = gr.Markdown(elem_id="dataset-stats")
             download = gr.File(label="train.json, valid.json, manifest.csv", elem_id="coco-zip")
     gallery = gr.Gallery(label="Preview (annotations drawn)", columns=4, height=300)
     summary = gr.JSON(label="Summary", visible=False)
-    button.click(convert_zip, [archive, valid_fraction], [stats, gallery, download, summary],
+    button.click(convert_zip, [archive, valid_fraction, keep], [stats, gallery, download, summary],
                  api_name="convert_dataset", concurrency_limit=1)  # fmt: skip

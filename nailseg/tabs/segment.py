@@ -15,6 +15,7 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
+import cv2
 import gradio as gr
 import numpy as np
 from gradio.utils import get_upload_folder
@@ -27,6 +28,7 @@ from nailseg.serving import STORE, describe, scratch_dir
 from nailseg.weights import WeightsError
 
 TABLE_HEADERS = ["number", "score", "box_xyxy", "area"]
+DISPLAY_SIDE = 2048  # the overlay shown in the page is at most this; the zip holds it at full size
 BACKGROUNDS = ["kept", "masked out"]
 _EXAMPLE_NAMES: set[str] = set()  # Gradio's cached copies of the examples are reused: keep them
 
@@ -42,6 +44,7 @@ class Detections:
         floor: the score threshold ``nails`` were kept at.
         seconds: model time, in seconds.
         weights: where the weights came from.
+        notice: what the UI must say about those weights (e.g. the Hub was unreachable), or "".
         upload: path of the upload it came from (deleted once decoded).
     """
 
@@ -51,6 +54,7 @@ class Detections:
     floor: float
     seconds: float
     weights: str
+    notice: str = ""
     upload: str = ""
 
 
@@ -108,7 +112,8 @@ def detect(name: str, image_rgb: np.ndarray, score_thr: float, upload: str = "")
     model = STORE.current
     start = time.perf_counter()
     nails = model.predict(image_rgb, score_thr)
-    return Detections(name, image_rgb, nails, score_thr, time.perf_counter() - start, model.weights.source, upload)
+    seconds = time.perf_counter() - start
+    return Detections(name, image_rgb, nails, score_thr, seconds, model.weights.source, STORE.notice, upload)
 
 
 def write_zip(folder: Path, zip_path: Path) -> Path:
@@ -130,7 +135,8 @@ def render(result: Detections | None, score_thr: float, options: draw.CropOption
     """Everything the tab shows for a segmented photo at a score threshold and crop options.
 
     Returns:
-        ``(overlay (H, W, 3) uint8 RGB, table rows, per-nail records, gallery, zip path, status)``.
+        ``(overlay (h, w, 3) uint8 RGB, table rows, per-nail records, gallery, zip path, status)``; the
+        overlay is shrunk to ``DISPLAY_SIDE`` for the page, the records are in pixels of the photo.
     """
     if result is None:
         return None, [], [], [], None, "Add a photo and press **Segment**."
@@ -145,9 +151,19 @@ def render(result: Detections | None, score_thr: float, options: draw.CropOption
     rows = [[r["number"], r["score"], ", ".join(f"{v:.0f}" for v in r["box_xyxy"]), r["area"]] for r in records]
     height, width = result.image_rgb.shape[:2]
     found = f"**{len(nails)} nail(s)** found" if len(nails) else f"**No nails found** at score ≥ {score_thr:.2f}"
-    status = (f"{found} in {width}×{height} px; model time {result.seconds:.2f} s. "
-              f"{describe(STORE.current, STORE.notice)}")  # fmt: skip
-    return draw.overlay(result.image_rgb, nails), rows, records, gallery, str(zip_path), status
+    status = f"{found} in {width}×{height} px; model time {result.seconds:.2f} s; weights: `{result.weights}`"
+    if result.notice:
+        status += f". **{result.notice}**"
+    return fit(draw.overlay(result.image_rgb, nails), DISPLAY_SIDE), rows, records, gallery, str(zip_path), status
+
+
+def fit(image: np.ndarray, max_side: int) -> np.ndarray:
+    """``image`` shrunk so that its longer side is at most ``max_side`` (aspect kept)."""
+    scale = max_side / max(image.shape[:2])
+    if scale >= 1:
+        return image
+    size = (max(1, round(image.shape[1] * scale)), max(1, round(image.shape[0] * scale)))
+    return cv2.resize(image, size, interpolation=cv2.INTER_AREA)
 
 
 def segment(photo: str | None, score_thr: float, options: draw.CropOptions, previous: Detections | None):
@@ -215,7 +231,7 @@ def segment_tab(examples: list[str]) -> None:
                 square = gr.Checkbox(value=True, label="Square (pad to a square)")
                 size = gr.Number(value=224, precision=0, minimum=0, maximum=2048, label="Output size (px, 0 = as cut)")
                 background = gr.Radio(BACKGROUNDS, value="kept", label="Background in box crops")
-            gr.Examples(examples, inputs=photo)
+            gr.Examples(examples, inputs=photo, elem_id="examples")
         with gr.Column():
             status = gr.Markdown("Add a photo and press **Segment**.", elem_id="segment-status")
             overlay = gr.Image(label="Nails", type="numpy", interactive=False, elem_id="overlay")
