@@ -237,7 +237,7 @@ def segment_tab(examples: list[str]) -> None:
             overlay = gr.Image(label="Nails", type="numpy", interactive=False, elem_id="overlay")
             download = gr.File(label="Download (crops, cut-outs, masks, overlay, predictions.json)",
                                elem_id="segment-zip")  # fmt: skip
-    gallery = gr.Gallery(label="Crops", columns=6, height=260, elem_id="crops")
+    gallery = gr.Gallery(label="Crops", columns=8, height=220, fit_columns=False, object_fit="contain", elem_id="crops")
     with gr.Row():
         table = gr.Dataframe(headers=TABLE_HEADERS, label="Nails", interactive=False)
         records = gr.JSON(label="Nails (JSON)")
