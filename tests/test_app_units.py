@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import stat
 import zipfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -127,3 +128,20 @@ def test_switch_to_missing_weights_is_an_error(tmp_path):
         store.switch(str(tmp_path / "nope.safetensors"))
     with pytest.raises(WeightsError, match="give a local weights path"):
         store.switch("  ")
+
+
+def test_hub_unreachable_falls_back_to_the_bundled_model_with_a_notice(monkeypatch):
+    from app_support import weights_spec
+
+    from nailseg import serving, weights
+
+    def offline(spec, filename):
+        raise weights.HubUnreachable(f"cannot reach the Hugging Face Hub for {spec.repo_id}/{filename}")
+
+    monkeypatch.setattr(weights, "_download", offline)  # the network layer only; the model load is real
+    monkeypatch.setattr(serving, "BUNDLED_WEIGHTS", Path(weights_spec()))
+    store = ModelStore("hf://someone/nails/model.safetensors")
+    assert store.current.weights.source == weights_spec()
+    assert store.notice.startswith("Hub unreachable") and "using the bundled model" in store.notice
+    message = store.switch("hf://someone/nails@v2/model.safetensors")
+    assert "using the bundled model" in message and weights_spec() in message
