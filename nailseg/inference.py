@@ -48,10 +48,10 @@ class NailSegmenter:
         Returns:
             ``Nails`` in pixels of ``image_rgb``, numbered in reading order.
         """
-        return self.predict_all(image_rgb).filter(score_thr)
+        return self.predict_all(image_rgb, min_score=score_thr)
 
-    def predict_all(self, image_rgb: np.ndarray) -> Nails:
-        """Every detection the model emits (its own low floor, at most its ``max_per_img``)."""
+    def predict_all(self, image_rgb: np.ndarray, min_score: float = 0.0) -> Nails:
+        """Every detection the model emits scoring at least ``min_score`` (at most ``max_per_img``)."""
         import torch
 
         if image_rgb.ndim != 3 or image_rgb.shape[2] != 3 or image_rgb.dtype != np.uint8:
@@ -64,12 +64,16 @@ class NailSegmenter:
         batch = {"inputs": [data["inputs"]], "data_samples": [data["data_samples"]]}
         with self._lock, torch.no_grad():
             sample = self.model.test_step(batch)[0]
-        return _to_nails(sample, scale, height, width)
+        return _to_nails(sample, scale, height, width, min_score)
 
 
-def _to_nails(sample, scale: float, height: int, width: int) -> Nails:
-    """The adapter: mmdet ``DetDataSample`` -> ``Nails`` (reading order)."""
+def _to_nails(sample, scale: float, height: int, width: int, min_score: float = 0.0) -> Nails:
+    """The adapter: mmdet ``DetDataSample`` -> ``Nails`` (reading order), scores >= ``min_score``.
+
+    The filter comes before masks are scaled back to a large photo's full size (50 MB each).
+    """
     inst = sample.pred_instances
+    inst = inst[inst.scores >= min_score]
     boxes = inst.bboxes.cpu().numpy().astype(np.float32) / scale
     scores = inst.scores.cpu().numpy().astype(np.float32)
     masks = inst.masks.cpu().numpy().astype(bool) if len(scores) else np.zeros((0, height, width), bool)
