@@ -19,7 +19,7 @@ if [[ ! -f "$stamp" ]]; then
   # 2. mmcv 2.1.0 exists only as source: build it against that torch (pip caches the wheel, so a
   #    fresh venv later installs it in seconds).
   if ! "$venv/bin/python" -c "import mmcv, mmcv.ops" 2>/dev/null; then
-    echo "building mmcv from source (about 10 minutes, once per machine)..." >&2
+    echo "installing mmcv 2.1.0 (built from source the first time on a machine: about 10 minutes)..." >&2
     MAX_JOBS=${MAX_JOBS:-$(nproc)} "${pip[@]}" install --no-build-isolation "$(pin mmcv)"
   fi
   # 3. everything else, pinned; then nailseg itself (editable, no dependency resolution).
