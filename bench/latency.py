@@ -30,11 +30,10 @@ TEST_PHOTOS = ROOT / "tests" / "data" / "nails-roboflow" / "images"
 def export_reference(out_dir: Path) -> Path:
     """Random-init 1-class Mask R-CNN R50-FPN as ``.safetensors`` + flattened config."""
     import torch
+    from mmdet.registry import MODELS
     from mmengine.config import Config
     from mmengine.registry import init_default_scope
     from safetensors.torch import save_file
-
-    from mmdet.registry import MODELS
 
     cfg = Config.fromfile("mmdet::mask_rcnn/mask-rcnn_r50_fpn_1x_coco.py")
     cfg.model.roi_head.bbox_head.num_classes = 1
