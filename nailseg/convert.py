@@ -37,6 +37,8 @@ def binarize_mask(mask: np.ndarray) -> np.ndarray:
     peak = float(mask.max()) if mask.size else 0.0
     # 0/1 masks are common (many tools write label ids); anything above 1 is an intensity.
     full_scale = 1.0 if peak <= 1.0 else (255.0 if peak <= 255.0 else 65535.0)
+    if np.issubdtype(mask.dtype, np.integer):
+        return mask > int(full_scale) // 2  # integer compare: no float copy of the mask
     return mask.astype(np.float32) * 2.0 > full_scale
 
 
