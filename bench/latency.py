@@ -29,13 +29,14 @@ TEST_PHOTOS = ROOT / "tests" / "data" / "nails-roboflow" / "images"
 
 def export_reference(out_dir: Path) -> Path:
     """Random-init 1-class Mask R-CNN R50-FPN as ``.safetensors`` + flattened config."""
+    import mmdet
     import torch
     from mmdet.registry import MODELS
     from mmengine.config import Config
     from mmengine.registry import init_default_scope
     from safetensors.torch import save_file
 
-    cfg = Config.fromfile("mmdet::mask_rcnn/mask-rcnn_r50_fpn_1x_coco.py")
+    cfg = Config.fromfile(str(Path(mmdet.__file__).parent / ".mim/configs/mask_rcnn/mask-rcnn_r50_fpn_1x_coco.py"))
     cfg.model.roi_head.bbox_head.num_classes = 1
     cfg.model.roi_head.mask_head.num_classes = 1
     cfg.model.test_cfg.rcnn.max_per_img = 10

@@ -61,7 +61,9 @@ def test_segment_counts_close_to_labels(client, photo):
     overlay, table, records, gallery, zip_path, status = segment(client, photo)
     height, width = load_image_rgb(photo).shape[:2]
     truth = label_count(photo)
-    assert abs(len(records) - truth) <= max(1, round(0.25 * truth)), (records, truth)
+    # The bundled model over-detects a little at 0.5 (26 nails for 20 on these photos, false
+    # positives scoring 0.5-0.7; see checkpoints/README.md), hence +-3 rather than +-25 %.
+    assert abs(len(records) - truth) <= 3, (records, truth)
     assert [r["number"] for r in records] == list(range(1, len(records) + 1))
     for r in records:
         x0, y0, x1, y1 = r["box_xyxy"]
