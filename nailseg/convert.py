@@ -125,18 +125,21 @@ def _box_xyxy(instance: np.ndarray) -> tuple[int, int, int, int]:
     return int(cols[0]), int(rows[0]), int(cols[-1]) + 1, int(rows[-1]) + 1
 
 
-def encode_segmentation(instance: np.ndarray) -> list[list[float]] | dict:
+def encode_segmentation(
+    instance: np.ndarray, box_xyxy: tuple[int, int, int, int] | None = None
+) -> list[list[float]] | dict:
     """Encode one nail mask as a COCO segmentation that decodes to exactly the same pixels.
 
     Args:
         instance: ``(H, W)`` bool mask of one nail.
+        box_xyxy: its tight box with exclusive ends, when the caller already has it.
 
     Returns:
         ``[[x1, y1, x2, y2, ...]]`` (one polygon, pycocotools pixel convention) when a polygon
         holds the shape, else compressed RLE ``{"size": [H, W], "counts": str}``.
     """
     height, width = instance.shape
-    x0, y0, x1, y1 = _box_xyxy(instance)
+    x0, y0, x1, y1 = box_xyxy or _box_xyxy(instance)
     crop = instance[y0:y1, x0:x1]
     # Trace the outline on the crop doubled in size: its boundary pixel centres lie a quarter
     # pixel inside the nail's pixel edges, so pycocotools' rasteriser (pixel centres at +0.5)
@@ -162,9 +165,9 @@ def instance_to_annotation(instance: np.ndarray) -> dict:
         ``{"segmentation", "bbox": [x, y, w, h], "area": int pixel count, "iscrowd": 0,
         "category_id": 1}``; the box is tight around the pixels, in COCO's pixel convention.
     """
-    x0, y0, x1, y1 = _box_xyxy(instance)
+    x0, y0, x1, y1 = box = _box_xyxy(instance)
     return {
-        "segmentation": encode_segmentation(instance),
+        "segmentation": encode_segmentation(instance, box),
         "bbox": [x0, y0, x1 - x0, y1 - y0],
         "area": int(np.count_nonzero(instance[y0:y1, x0:x1])),
         "iscrowd": 0,
