@@ -286,7 +286,7 @@ def convert_dataset(
     root = Path(root).resolve()
     layout, samples, problems = discover(root)
     workers = workers or os.cpu_count() or 1
-    chunks = [samples[i : i + 32] for i in range(0, len(samples), 32)]
+    chunks = [samples[i : i + 16] for i in range(0, len(samples), 16)]
     jobs = [(root, chunk, min_area, split_touching) for chunk in chunks]
     show = sys.stderr.isatty() if progress is None else progress
     bar = tqdm(total=len(samples), unit="photo", desc="convert", disable=not show)
