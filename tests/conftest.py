@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
@@ -40,9 +39,18 @@ def shared_data() -> Path:
 @pytest.fixture(scope="session")
 def segmenter():
     """The real model: $NAILSEG_WEIGHTS if set, else the bundled weights."""
-    from nailseg.inference import load_model
-    from nailseg.weights import BUNDLED_WEIGHTS
+    from app_support import weights_spec
 
-    if not os.environ.get("NAILSEG_WEIGHTS") and not BUNDLED_WEIGHTS.is_file():
-        pytest.fail(f"bundled weights {BUNDLED_WEIGHTS} missing")
-    return load_model(device="cpu")
+    from nailseg.inference import load_model
+
+    return load_model(weights_spec(), device="cpu")
+
+
+@pytest.fixture(scope="module")
+def app(tmp_path_factory):
+    """The app (``app.py``) serving in a subprocess on a free loopback port, one per test module."""
+    from app_support import AppProcess
+
+    server = AppProcess(tmp_path_factory.mktemp("app"))
+    yield server
+    server.stop()

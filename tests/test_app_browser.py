@@ -10,7 +10,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from app_support import PHOTOS, REPO, AppProcess, dataset_zip, traversal_zip
+from app_support import PHOTOS, REPO, dataset_zip, traversal_zip
 
 CHROMIUM = Path("/usr/bin/chromium")
 SCREENSHOTS = REPO / "docs" / "screenshots"
@@ -22,13 +22,6 @@ pytestmark = [
     pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's /usr/bin/chromium (apt-get install chromium)"),
     pytest.mark.timeout(900),
 ]
-
-
-@pytest.fixture(scope="module")
-def app(tmp_path_factory):
-    server = AppProcess(tmp_path_factory.mktemp("app"))
-    yield server
-    server.stop()
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,6 @@ import numpy as np
 import pytest
 from app_support import (
     PHOTOS,
-    AppProcess,
     bomb_zip,
     dataset_zip,
     jpeg_bytes,
@@ -29,13 +28,6 @@ from nailseg.images import load_image_rgb
 from nailseg.weights import BUNDLED_WEIGHTS
 
 pytestmark = pytest.mark.timeout(900)
-
-
-@pytest.fixture(scope="module")
-def app(tmp_path_factory):
-    server = AppProcess(tmp_path_factory.mktemp("app"))
-    yield server
-    server.stop()
 
 
 @pytest.fixture(scope="module")
