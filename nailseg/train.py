@@ -29,8 +29,10 @@ def _rescale_schedule(cfg, factor: float, by_epoch: bool) -> None:
         if sched.get("by_epoch", True) != by_epoch:
             continue
         for key in ("begin", "end", "T_max"):
-            if key in sched and sched[key] is not None and sched[key] < 2**30:
-                sched[key] = max(1, round(sched[key] * factor)) if key != "begin" else round(sched[key] * factor)
+            if sched.get(key) is None or sched[key] >= 2**30:  # absent, or mmengine's "until the end"
+                continue
+            scaled = round(sched[key] * factor)
+            sched[key] = scaled if key == "begin" else max(1, scaled)
         if "milestones" in sched:
             sched["milestones"] = [max(1, round(m * factor)) for m in sched["milestones"]]
 
