@@ -28,7 +28,7 @@ load_from = None
 log_level = 'INFO'
 log_processor = dict(
     _scope_='mmdet', by_epoch=False, type='LogProcessor', window_size=50)
-max_iters = 1600
+max_iters = 2200
 metainfo = dict(
     classes=('nail', ), palette=[
         (
@@ -221,15 +221,15 @@ model = dict(
     type='MaskRCNN')
 optim_wrapper = dict(
     clip_grad=dict(max_norm=10, norm_type=2),
-    optimizer=dict(lr=0.01, momentum=0.9, type='SGD', weight_decay=0.0001),
+    optimizer=dict(lr=0.008, momentum=0.9, type='SGD', weight_decay=0.0001),
     type='OptimWrapper')
 param_scheduler = [
-    dict(begin=0, by_epoch=False, end=150, start_factor=0.01, type='LinearLR'),
+    dict(begin=0, by_epoch=False, end=100, start_factor=0.1, type='LinearLR'),
     dict(
-        T_max=1450,
-        begin=150,
+        T_max=2100,
+        begin=100,
         by_epoch=False,
-        end=1600,
+        end=2200,
         eta_min=0.0001,
         type='CosineAnnealingLR'),
 ]
@@ -306,7 +306,7 @@ test_pipeline = [
         ),
         type='PackDetInputs'),
 ]
-train_cfg = dict(max_iters=1600, type='IterBasedTrainLoop', val_interval=1600)
+train_cfg = dict(max_iters=2200, type='IterBasedTrainLoop', val_interval=1100)
 train_dataloader = dict(
     batch_sampler=dict(_scope_='mmdet', type='AspectRatioBatchSampler'),
     batch_size=4,

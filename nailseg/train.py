@@ -138,6 +138,27 @@ def _drop_unreachable_downloads(cfg) -> None:
         cfg.model.backbone.init_cfg = None
 
 
+_INIT_SUFFIX = ".init.pth"
+
+
+def _loadable(load_from: str | None, work_dir: Path) -> str | None:
+    """``load_from`` as mmengine can read it: exported ``.safetensors`` become a weights-only ``.pth``."""
+    if not load_from or str(load_from).startswith(("http://", "https://")):
+        return load_from
+    if not Path(load_from).is_file():
+        raise FileNotFoundError(f"load_from {load_from} not found (relative paths start at {Path.cwd()})")
+    if not str(load_from).endswith(".safetensors"):
+        return load_from
+    import torch
+
+    from nailseg.weights import load_state_dict
+
+    work_dir.mkdir(parents=True, exist_ok=True)
+    out = work_dir / (Path(load_from).stem + _INIT_SUFFIX)
+    torch.save({"state_dict": load_state_dict(load_from)}, out)
+    return str(out)
+
+
 def train(cfg, resume: bool = False) -> Path:
     """Run training; with ``resume`` continue from the newest checkpoint in ``cfg.work_dir``.
 
@@ -148,13 +169,15 @@ def train(cfg, resume: bool = False) -> Path:
 
     import nailseg.model  # noqa: F401 - registers the backbone and mask head
 
-    if resume:
-        # mmengine's resume reads its own full checkpoint (optimizer, HistoryBuffer...), which
-        # torch >= 2.6 refuses with weights_only=True. It is this run's own file in its own
-        # work_dir, so trust it; published weights never take this path (see weights.py).
-        os.environ.setdefault("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
     cfg.resume = bool(resume)
-    cfg.load_from = None if resume else cfg.get("load_from")
+    cfg.load_from = None if resume else _loadable(cfg.get("load_from"), Path(cfg.work_dir))
+    own_checkpoint = str(cfg.load_from or "").endswith(".pth") and not cfg.load_from.endswith(_INIT_SUFFIX)
+    if resume or own_checkpoint:
+        # mmengine's resume, and a load_from naming a training checkpoint, read mmengine's full
+        # checkpoint (optimizer, HistoryBuffer...), which torch >= 2.6 refuses with weights_only=True.
+        # It is your own run's file, named by you, so trust it; published weights never take this
+        # path (they are .safetensors, turned into a weights-only file by _loadable).
+        os.environ.setdefault("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
     runner = Runner.from_cfg(cfg)
     runner.train()
     last = Path(cfg.work_dir) / "last_checkpoint"

@@ -53,9 +53,9 @@ def test_segment_counts_close_to_labels(client, photo):
     overlay, table, records, gallery, zip_path, status = segment(client, photo)
     height, width = load_image_rgb(photo).shape[:2]
     truth = label_count(photo)
-    # The bundled model over-detects a little at 0.5 (26 nails for 20 on these photos, false
-    # positives scoring 0.5-0.7; see checkpoints/README.md), hence +-3 rather than +-25 %.
-    assert abs(len(records) - truth) <= 3, (records, truth)
+    # The bundled model reports 21 nails for the 20 labelled on these photos at 0.5, at most one
+    # off per photo (see checkpoints/README.md); +-2 leaves room for one more, not for a broken app.
+    assert abs(len(records) - truth) <= 2, (records, truth)
     assert [r["number"] for r in records] == list(range(1, len(records) + 1))
     for r in records:
         x0, y0, x1, y1 = r["box_xyxy"]

@@ -43,11 +43,11 @@ def test_model_finds_the_nails(segmenter, photos):
             iou = mask_iou(truth, nails.masks)
             ious += iou.max(axis=1).tolist()
             matched += int((iou.max(axis=1) >= 0.5).sum())
-    # 20 labelled nails in the 6 photos; the model must find most of them, and well. At 0.5 it
-    # also reports a few false positives (26 for 20, see checkpoints/README.md): bound them.
+    # 20 labelled nails in the 6 photos; the model must find most of them, and well. The bundled
+    # model finds 21 at 0.5, 17 of them true, with median IoU 0.82 (see checkpoints/README.md).
     assert matched >= 0.8 * true_total, (matched, true_total)
-    assert abs(found_total - true_total) <= 0.35 * true_total, (found_total, true_total)
-    assert np.median(ious) >= 0.75, ious
+    assert abs(found_total - true_total) <= 0.15 * true_total, (found_total, true_total)
+    assert np.median(ious) >= 0.78, ious
 
 
 def test_predictions_follow_exif_rotation(segmenter, photos, tmp_path):

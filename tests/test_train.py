@@ -85,3 +85,23 @@ def test_train_checkpoints_and_resumes(tiny, tmp_path):
     assert "Iter(train) [1/4]" not in log and "Iter(train) [3/4]" in log
     assert (work / "iter_4.pth").is_file()
     assert "coco/segm_mAP" in log  # validation AP is logged
+    # A second stage (its own --work-dir: the last one given wins) starts from that run's full
+    # checkpoint, which is mmengine's and not weights-only.
+    stage2 = subprocess.run([*base[:-2], "train_cfg.max_iters=1", "train_cfg.val_interval=2",
+                             f"load_from={work / 'iter_4.pth'}", *base[-2:], "--work-dir", str(tmp_path / "ft")],
+                            capture_output=True, text=True)  # fmt: skip
+    assert stage2.returncode == 0, stage2.stderr[-3000:]
+    assert f"Load checkpoint from {work / 'iter_4.pth'}" in stage2.stdout + stage2.stderr
+
+
+def test_load_from_exported_weights_becomes_weights_only(tmp_path):
+    import torch
+
+    from nailseg.train import _loadable
+    from nailseg.weights import BUNDLED_WEIGHTS, load_state_dict
+
+    converted = Path(_loadable(str(BUNDLED_WEIGHTS), tmp_path))
+    state = torch.load(converted, weights_only=True)["state_dict"]
+    assert state.keys() == load_state_dict(BUNDLED_WEIGHTS).keys()
+    with pytest.raises(FileNotFoundError, match="load_from"):
+        _loadable(str(tmp_path / "missing.pth"), tmp_path)
