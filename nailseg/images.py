@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 from pathlib import Path
 
+import cv2
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
@@ -15,6 +16,19 @@ _ROTATED = {5, 6, 7, 8}  # EXIF orientations that swap width and height
 
 class ImageError(ValueError):
     """A photo that cannot be used; the message says why, in words a user understands."""
+
+
+def fit_within(image: np.ndarray, max_side: int) -> tuple[np.ndarray, float]:
+    """``image`` shrunk so that its longer side is at most ``max_side`` (aspect kept), and the scale.
+
+    Returns:
+        ``(image, scale)``: the input itself and 1.0 when it already fits.
+    """
+    scale = min(1.0, max_side / max(image.shape[:2]))
+    if scale == 1.0:
+        return image, scale
+    size = (max(1, round(image.shape[1] * scale)), max(1, round(image.shape[0] * scale)))
+    return cv2.resize(image, size, interpolation=cv2.INTER_AREA), scale
 
 
 def exif_size(path: str | Path) -> tuple[int, int]:

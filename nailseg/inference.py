@@ -15,6 +15,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from nailseg.images import fit_within
 from nailseg.result import Nails
 from nailseg.weights import ResolvedWeights, load_state_dict, resolve_weights
 
@@ -57,9 +58,7 @@ class NailSegmenter:
         if image_rgb.ndim != 3 or image_rgb.shape[2] != 3 or image_rgb.dtype != np.uint8:
             raise ValueError(f"expected (H, W, 3) uint8 RGB, got {image_rgb.shape} {image_rgb.dtype}")
         height, width = image_rgb.shape[:2]
-        scale = min(1.0, MAX_INFERENCE_SIDE / max(height, width))
-        small = image_rgb if scale == 1.0 else cv2.resize(
-            image_rgb, (round(width * scale), round(height * scale)), interpolation=cv2.INTER_AREA)
+        small, scale = fit_within(image_rgb, MAX_INFERENCE_SIDE)
         data = self.pipeline({"img": np.ascontiguousarray(small[..., ::-1]), "img_id": 0})  # mmdet wants BGR
         batch = {"inputs": [data["inputs"]], "data_samples": [data["data_samples"]]}
         with self._lock, torch.no_grad():

@@ -116,12 +116,6 @@ def test_render_without_nails_says_so():
                                                          "predictions.json"}  # fmt: skip
 
 
-@pytest.mark.parametrize(("shape", "expected"), [((100, 50, 3), (100, 50, 3)), ((4096, 1024, 3), (2048, 512, 3)),
-                                                 ((10, 5000), (4, 2048))])  # fmt: skip
-def test_fit(shape, expected):
-    assert segment.fit(np.zeros(shape, np.uint8), 2048).shape == expected
-
-
 def test_switch_to_missing_weights_is_an_error(tmp_path):
     store = ModelStore()
     with pytest.raises(WeightsError, match="not found"):

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from nailseg.images import ImageError, exif_size, load_image_rgb
+from nailseg.images import ImageError, exif_size, fit_within, load_image_rgb
 
 
 def encode(im: Image.Image, fmt: str, **kw) -> bytes:
@@ -73,3 +73,11 @@ def test_huge_photo_is_refused_before_decoding():
     big = encode(Image.new("L", (9000, 7000)), "PNG")  # 63 MP, compresses to a few KB
     with pytest.raises(ImageError, match="MP"):
         load_image_rgb(big)
+
+
+@pytest.mark.parametrize(("shape", "expected"), [((100, 50, 3), (100, 50, 3)), ((4096, 1024, 3), (2048, 512, 3)),
+                                                 ((10, 5000), (4, 2048))])  # fmt: skip
+def test_fit_within(shape, expected):
+    image, scale = fit_within(np.zeros(shape, np.uint8), 2048)
+    assert image.shape == expected
+    assert scale == min(1.0, 2048 / max(shape[:2]))

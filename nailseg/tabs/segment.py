@@ -15,13 +15,12 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
-import cv2
 import gradio as gr
 import numpy as np
 from gradio.utils import get_upload_folder
 
 from nailseg import draw
-from nailseg.images import ImageError, load_image_rgb
+from nailseg.images import ImageError, fit_within, load_image_rgb
 from nailseg.outputs import save_nail_files, unique_stems
 from nailseg.result import Nails
 from nailseg.serving import STORE, describe, scratch_dir
@@ -154,16 +153,8 @@ def render(result: Detections | None, score_thr: float, options: draw.CropOption
     status = f"{found} in {width}×{height} px; model time {result.seconds:.2f} s; weights: `{result.weights}`"
     if result.notice:
         status += f". **{result.notice}**"
-    return fit(draw.overlay(result.image_rgb, nails), DISPLAY_SIDE), rows, records, gallery, str(zip_path), status
-
-
-def fit(image: np.ndarray, max_side: int) -> np.ndarray:
-    """``image`` shrunk so that its longer side is at most ``max_side`` (aspect kept)."""
-    scale = max_side / max(image.shape[:2])
-    if scale >= 1:
-        return image
-    size = (max(1, round(image.shape[1] * scale)), max(1, round(image.shape[0] * scale)))
-    return cv2.resize(image, size, interpolation=cv2.INTER_AREA)
+    shown, _ = fit_within(draw.overlay(result.image_rgb, nails), DISPLAY_SIDE)
+    return shown, rows, records, gallery, str(zip_path), status
 
 
 def segment(photo: str | None, score_thr: float, options: draw.CropOptions, previous: Detections | None):
