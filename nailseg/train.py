@@ -138,25 +138,26 @@ def _drop_unreachable_downloads(cfg) -> None:
         cfg.model.backbone.init_cfg = None
 
 
-_INIT_SUFFIX = ".init.pth"
+def _loadable(load_from: str | None, work_dir: Path) -> tuple[str | None, bool]:
+    """``load_from`` as mmengine can read it, and whether it is a local training checkpoint.
 
-
-def _loadable(load_from: str | None, work_dir: Path) -> str | None:
-    """``load_from`` as mmengine can read it: exported ``.safetensors`` become a weights-only ``.pth``."""
+    Exported ``.safetensors`` weights become a weights-only ``.pth`` in ``work_dir``; any other
+    local file is taken to be an mmengine checkpoint of your own (a pickle, see ``train``).
+    """
     if not load_from or str(load_from).startswith(("http://", "https://")):
-        return load_from
+        return load_from, False
     if not Path(load_from).is_file():
         raise FileNotFoundError(f"load_from {load_from} not found (relative paths start at {Path.cwd()})")
     if not str(load_from).endswith(".safetensors"):
-        return load_from
+        return load_from, True
     import torch
 
     from nailseg.weights import load_state_dict
 
     work_dir.mkdir(parents=True, exist_ok=True)
-    out = work_dir / (Path(load_from).stem + _INIT_SUFFIX)
+    out = work_dir / f"{Path(load_from).stem}.init.pth"
     torch.save({"state_dict": load_state_dict(load_from)}, out)
-    return str(out)
+    return str(out), False
 
 
 def train(cfg, resume: bool = False) -> Path:
@@ -170,8 +171,7 @@ def train(cfg, resume: bool = False) -> Path:
     import nailseg.model  # noqa: F401 - registers the backbone and mask head
 
     cfg.resume = bool(resume)
-    cfg.load_from = None if resume else _loadable(cfg.get("load_from"), Path(cfg.work_dir))
-    own_checkpoint = str(cfg.load_from or "").endswith(".pth") and not cfg.load_from.endswith(_INIT_SUFFIX)
+    cfg.load_from, own_checkpoint = (None, False) if resume else _loadable(cfg.get("load_from"), Path(cfg.work_dir))
     if resume or own_checkpoint:
         # mmengine's resume, and a load_from naming a training checkpoint, read mmengine's full
         # checkpoint (optimizer, HistoryBuffer...), which torch >= 2.6 refuses with weights_only=True.

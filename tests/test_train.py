@@ -100,8 +100,11 @@ def test_load_from_exported_weights_becomes_weights_only(tmp_path):
     from nailseg.train import _loadable
     from nailseg.weights import BUNDLED_WEIGHTS, load_state_dict
 
-    converted = Path(_loadable(str(BUNDLED_WEIGHTS), tmp_path))
+    converted, own_checkpoint = _loadable(str(BUNDLED_WEIGHTS), tmp_path)
     state = torch.load(converted, weights_only=True)["state_dict"]
     assert state.keys() == load_state_dict(BUNDLED_WEIGHTS).keys()
+    assert not own_checkpoint  # no pickle to trust
+    url = "https://download.openmmlab.com/some/model.pth"
+    assert _loadable(url, tmp_path) == (url, False)  # a download is never trusted with pickle
     with pytest.raises(FileNotFoundError, match="load_from"):
         _loadable(str(tmp_path / "missing.pth"), tmp_path)
