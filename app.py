@@ -3,7 +3,9 @@
 
 Serve with ``python app.py``; host and port come from ``GRADIO_SERVER_NAME`` and
 ``GRADIO_SERVER_PORT`` (default 127.0.0.1:7860). Weights: ``$NAILSEG_WEIGHTS`` (local path or
-``hf://owner/repo[@revision]/file.safetensors``), else the bundled model.
+``hf://owner/repo[@revision]/file.safetensors``), else the bundled model. The page answers at
+once; the model loads in the background and the first photo waits for it. Who may do what on a
+public server: see :mod:`nailseg.access`.
 """
 
 from __future__ import annotations
@@ -13,38 +15,41 @@ from pathlib import Path
 
 import gradio as gr
 
-from nailseg.serving import STORE
+from nailseg import access
+from nailseg.files import remove_older_than
+from nailseg.paths import converted_root, keep_hours
+from nailseg.serving import STORE, exit_on_sigterm
 from nailseg.tabs.dataset import dataset_tab
 from nailseg.tabs.segment import segment_tab
-
-try:  # the Train tab is optional (and lands separately)
-    from nailseg.tabs.train import train_tab
-except ImportError:
-    train_tab = None
+from nailseg.tabs.train import train_tab
 
 EXAMPLES = sorted(str(p) for p in (Path(__file__).parent / "examples").glob("*.jpg"))
 DESCRIPTION = """# NailSeg
 One mask and one box per fingernail. Drop a photo to get the nails numbered, a table, crops for a
-classifier and a zip of everything. Photos are processed in memory and uploads are deleted after
-each answer. Example photos: Roboflow Universe *nails_segmentation* (CC BY 4.0, see `examples/ATTRIBUTION.md`).
+classifier and a zip of everything. Uploads and answers are deleted from the server within ten
+minutes; a shrunk copy of your last photo is kept for fifteen, so that moving the threshold needs
+no new upload. Example photos: Roboflow Universe *nails_segmentation* (CC BY 4.0, see
+`examples/ATTRIBUTION.md`).
 """
 
-STORE.current  # noqa: B018 - load the model once, at start-up, not on the first request
+STORE.load_in_background()
+remove_older_than(converted_root(), keep_hours())  # kept datasets past their time
 
-with gr.Blocks(title="NailSeg", delete_cache=(300, 900)) as demo:
+# Gradio's cache (uploads, answers' files): checked every 2 minutes, files older than 10 go.
+with gr.Blocks(title="NailSeg", delete_cache=(120, 600)) as demo:
     gr.Markdown(DESCRIPTION)
+    if access.oauth_enabled():
+        gr.LoginButton()
     with gr.Tab("Segment", id="segment"):
         segment_tab(EXAMPLES)
     with gr.Tab("Dataset → COCO", id="dataset"):
         dataset_tab()
     with gr.Tab("Train", id="train"):
-        if train_tab is None:
-            gr.Markdown("Training from the browser is not available in this build (`nailseg train` works).")
-        else:
-            train_tab()
+        train_tab(demo)
 
 if __name__ == "__main__":
+    exit_on_sigterm()
     # A bounded queue; uploads (dataset zips) up to 2 GB. Concurrency per event is set in the tabs.
     demo.queue(max_size=int(os.environ.get("NAILSEG_QUEUE_SIZE", "32")), default_concurrency_limit=1).launch(
-        max_file_size="2gb"
+        max_file_size="2gb", auth=access.auth_pairs()
     )

@@ -62,11 +62,15 @@ def main(argv: list[str] | None = None) -> int:
                 times[name].append(timed_run(cmds[name]))
                 print(f"run {i + 1} {name}: {times[name][-1]:.2f} s", flush=True)
         nails = {
-            "ours": sum(len(json.loads((Path(tmp) / "ours" / f).read_text())["annotations"])
-                        for f in ("train.json", "valid.json")),
-            "seed": sum(len(json.loads((Path(tmp) / "seed" / f).read_text())["annotations"])
-                        for f in ("train.json", "valid.json")),
-        }  # fmt: skip
+            "ours": sum(
+                len(json.loads((Path(tmp) / "ours" / f).read_text())["annotations"])
+                for f in ("train.json", "valid.json")
+            ),
+            "seed": sum(
+                len(json.loads((Path(tmp) / "seed" / f).read_text())["annotations"])
+                for f in ("train.json", "valid.json")
+            ),
+        }
     seed, ours = statistics.median(times["seed"]), statistics.median(times["ours"])
     print(f"dataset: {args.root}")
     print(f"seed algorithm: median {seed:.2f} s ({nails['seed']} nails)")

@@ -120,22 +120,32 @@ def main(argv: list[str] | None = None) -> int:
         truth, touching = build_semantic(args.root, stems, data)
         n_true = sum(len(t) for t in truth.values())
         n_touch = int(sum(t.sum() for t in touching.values()))
-        print(f"{len(stems)} photos, {n_true} true nails; {n_touch} touch another nail in the merged mask "
-              f"({n_touch / max(n_true, 1):.1%})")  # fmt: skip
+        print(
+            f"{len(stems)} photos, {n_true} true nails; {n_touch} touch another nail in the merged mask "
+            f"({n_touch / max(n_true, 1):.1%})"
+        )
         print(f"{'method':24s} {'recall':>7s} {'precision':>9s} {'found':>6s} {'touching recall':>15s} {'time':>6s}")
         for name, command in methods.items():
             out = Path(tmp) / name.replace(" ", "_")
             start = time.perf_counter()
-            subprocess.run([*command, str(data), "--out", str(out), "--valid-fraction", "0"], cwd=REPO,
-                           check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+            subprocess.run(
+                [*command, str(data), "--out", str(out), "--valid-fraction", "0"],
+                cwd=REPO,
+                check=True,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
             seconds = time.perf_counter() - start
             predicted = predicted_masks(out / "train.json")
             hits = {s: match(truth[s], predicted.get(s, [])) for s in stems}
             matched = sum(int(h.sum()) for h in hits.values())
             found = sum(len(v) for v in predicted.values())
             touch_hit = sum(int(hits[s][touching[s]].sum()) for s in stems)
-            print(f"{name:24s} {matched / max(n_true, 1):7.4f} {matched / max(found, 1):9.4f} {found:6d} "
-                  f"{touch_hit / max(n_touch, 1):15.4f} {seconds:5.1f}s", flush=True)  # fmt: skip
+            print(
+                f"{name:24s} {matched / max(n_true, 1):7.4f} {matched / max(found, 1):9.4f} {found:6d} "
+                f"{touch_hit / max(n_touch, 1):15.4f} {seconds:5.1f}s",
+                flush=True,
+            )
     return 0
 
 

@@ -71,8 +71,11 @@ def worker(weights: str | None, photos: list[str]) -> dict:
         t = time.perf_counter()
         seg.predict(img)
         times.append(time.perf_counter() - t)
-    return {"load_s": load_s, "median_s": statistics.median(times),
-            "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}  # fmt: skip
+    return {
+        "load_s": load_s,
+        "median_s": statistics.median(times),
+        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    }
 
 
 def run_worker(weights: str | None, photos: list[str]) -> dict:
@@ -118,12 +121,16 @@ def main() -> None:
         for name in models:
             report[name]["predict_per_photo_s"] = statistics.median(e2e[name])
     for name, r in report.items():
-        print(f"{name:14s} load {r['load_s']:.2f} s | in-process {r['median_s'] * 1000:.0f} ms/photo | "
-              f"nailseg predict {r['predict_per_photo_s'] * 1000:.0f} ms/photo | peak RSS {r['peak_rss_mib']:.0f} MiB")
+        print(
+            f"{name:14s} load {r['load_s']:.2f} s | in-process {r['median_s'] * 1000:.0f} ms/photo | "
+            f"nailseg predict {r['predict_per_photo_s'] * 1000:.0f} ms/photo | peak RSS {r['peak_rss_mib']:.0f} MiB"
+        )
     ours, ref = report["default"], report["r50-reference"]
-    print(f"speed-up, in-process: {ref['median_s'] / ours['median_s']:.2f}x; "
-          f"nailseg predict end to end: {ref['predict_per_photo_s'] / ours['predict_per_photo_s']:.2f}x "
-          f"({len(photos)} photos minus 1, median of {args.repeats}, from {args.photos})")
+    print(
+        f"speed-up, in-process: {ref['median_s'] / ours['median_s']:.2f}x; "
+        f"nailseg predict end to end: {ref['predict_per_photo_s'] / ours['predict_per_photo_s']:.2f}x "
+        f"({len(photos)} photos minus 1, median of {args.repeats}, from {args.photos})"
+    )
 
 
 if __name__ == "__main__":

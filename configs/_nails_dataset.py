@@ -24,7 +24,7 @@ test_pipeline = [
 
 train_dataloader = dict(
     batch_size=4,
-    num_workers=1,  # two cores here: one decodes while the other trains
+    num_workers=1,  # one process decodes while the main one trains; raise it where there are more cores
     sampler=dict(type='InfiniteSampler'),  # iteration-based loop, resumable mid-epoch
     dataset=dict(metainfo=metainfo, data_root=data_root, ann_file='train.json', data_prefix=dict(img=''),
                  pipeline=train_pipeline))

@@ -5,7 +5,8 @@
 #   nailseg train configs/mask-rcnn_effilite0_fpn-128_nails-ft.py --data data/roboflow
 _base_ = './mask-rcnn_effilite0_fpn-128_nails.py'
 
-# Stage 1's last checkpoint (mmengine's full checkpoint of your own run; the model part is used).
+# Stage 1's last checkpoint (your own run's; the model part is used), where `nailseg train` puts it
+# by default, relative to where you run it. Stage 1 elsewhere: `--load-from W/iter_1600.pth`.
 load_from = 'work_dirs/mask-rcnn_effilite0_fpn-128_nails/iter_1600.pth'
 
 max_iters = 2200

@@ -52,35 +52,43 @@ def _train(args: argparse.Namespace) -> int:
         if not sep:
             raise ValueError(f"--cfg-options expects KEY=VALUE, got {item!r}")
         options[key] = DictAction._parse_iterable(value)
-    cfg = build_config(args.config or DEFAULT_CONFIG, args.data, args.work_dir, args.epochs, args.batch_size,
-                       args.lr, options)  # fmt: skip
+    cfg = build_config(
+        args.config or DEFAULT_CONFIG,
+        args.data,
+        args.work_dir,
+        args.epochs,
+        args.batch_size,
+        args.lr,
+        options,
+        load_from=args.load_from,
+    )
     checkpoint = train(cfg, resume=args.resume)
     print(f"checkpoint: {checkpoint}")
     return 0
 
 
 def _predict(args: argparse.Namespace) -> int:
+    from nailseg import outputs
+    from nailseg.files import unique_stems
     from nailseg.images import ImageError, load_image_rgb
     from nailseg.inference import load_model
-    from nailseg.outputs import save_nail_files, unique_stems
 
-    segmenter = load_model(args.weights)
-    args.out.mkdir(parents=True, exist_ok=True)
+    segmenter = load_model(args.weights, allow_py_config=True)
     results, failed = [], 0
-    for image_id, (path, stem) in enumerate(zip(args.images, unique_stems(args.images)), start=1):
+    names = [str(p) for p in args.images]
+    for image_id, (name, stem) in enumerate(zip(names, unique_stems(names)), start=1):
         try:
-            rgb = load_image_rgb(path)
-        except (ImageError, OSError) as err:
-            print(f"problem: {path}: {err}", file=sys.stderr)
+            rgb = load_image_rgb(name)
+        except ImageError as err:
+            print(f"problem: {name}: {err}", file=sys.stderr)
             failed += 1
             continue
         nails = segmenter.predict(rgb, args.score_thr)
-        save_nail_files(args.out, stem, rgb, nails)
-        for result in nails.to_coco_results(image_id):
-            results.append({**result, "file_name": str(path)})
-        print(f"{path}: {len(nails)} nail(s)")
-    (args.out / "predictions.json").write_text(json.dumps(results))
-    print(f"wrote {args.out / 'predictions.json'} ({len(results)} nails, weights: {segmenter.weights.source})")
+        outputs.save_photo(args.out, stem, rgb, nails)
+        results += outputs.photo_results(nails, image_id, name)
+        print(f"{name}: {len(nails)} nail(s)")
+    path = outputs.write_predictions(args.out, results)
+    print(f"wrote {path} ({len(results)} nails, weights: {segmenter.weights.source})")
     return 1 if failed == len(args.images) else 0
 
 
@@ -90,7 +98,8 @@ def _evaluate(args: argparse.Namespace) -> int:
     from nailseg.inference import load_model
 
     gt = load_coco(args.ann_file)
-    results = predict_dataset(load_model(args.weights), gt, args.img_dir, progress=sys.stderr.isatty())
+    segmenter = load_model(args.weights, allow_py_config=True)
+    results = predict_dataset(segmenter, gt, args.img_dir, progress=sys.stderr.isatty())
     if args.dump:
         args.dump.write_text(json.dumps(results))
     print(json.dumps(coco_ap(gt, results)))
@@ -102,20 +111,18 @@ def _export(args: argparse.Namespace) -> int:
 
     out = export_weights(args.checkpoint, args.out, half=not args.fp32)
     size = out.stat().st_size / 2**20
-    print(f"wrote {out} ({size:.1f} MiB) and {out.with_suffix('.py')}")
+    print(f"wrote {out} ({size:.1f} MiB) and {out.with_suffix('.json')}")
     return 0
 
 
 def _push(args: argparse.Namespace) -> int:
-    from huggingface_hub.errors import HfHubHTTPError
-
-    from nailseg.hub import push_model
-    from nailseg.weights import BUNDLED_WEIGHTS
+    from nailseg.hub import HubRefused, push_model
+    from nailseg.paths import BUNDLED_WEIGHTS
 
     try:
         result = push_model(args.repo_id, args.weights or BUNDLED_WEIGHTS, token=args.token, private=args.private)
-    except HfHubHTTPError as err:
-        print(f"error: the Hub refused the upload: {err}", file=sys.stderr)
+    except HubRefused as err:
+        print(f"error: {err}", file=sys.stderr)
         return 1
     print(json.dumps({"commit": result.commit_url, "weights": result.spec, "files": list(result.files)}, indent=2))
     return 0
@@ -144,11 +151,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=None, help="photos per iteration")
     p.add_argument("--lr", type=float, default=None, help="learning rate")
     p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --work-dir")
-    p.add_argument("--cfg-options", nargs="+", default=None, metavar="KEY=VALUE",
-                   help="config overrides, e.g. train_cfg.max_iters=100")  # fmt: skip
+    p.add_argument(
+        "--load-from",
+        default=None,
+        metavar="WEIGHTS",
+        help="start from these weights: a checkpoint of yours (.pth) or exported .safetensors",
+    )
+    p.add_argument(
+        "--cfg-options",
+        nargs="+",
+        default=None,
+        metavar="KEY=VALUE",
+        help="config overrides, e.g. train_cfg.max_iters=100",
+    )
     p.set_defaults(func=_train)
 
-    weights_help = "local .safetensors or hf://owner/repo[@rev]/file (default: $NAILSEG_WEIGHTS, then bundled)"
+    weights_help = (
+        "local .safetensors (its .json or .py config beside it) or hf://owner/repo[@rev]/file.safetensors "
+        "(default: $NAILSEG_WEIGHTS, then the bundled model)"
+    )
     p = sub.add_parser("predict", help="segment photos: predictions.json, overlays, nail crops")
     p.add_argument("images", type=Path, nargs="+", metavar="IMAGE", help="photos to segment")
     p.add_argument("--out", type=Path, required=True, help="output folder")
@@ -163,16 +184,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dump", type=Path, default=None, help="write every detection (COCO results) here")
     p.set_defaults(func=_evaluate)
 
-    p = sub.add_parser("export", help="training checkpoint -> .safetensors weights + config (no pickle)")
+    p = sub.add_parser("export", help="training checkpoint -> .safetensors weights + .json config (no pickle, no code)")
     p.add_argument("checkpoint", type=Path, help="mmengine checkpoint (.pth) from `nailseg train`")
-    p.add_argument("--out", type=Path, required=True, help="weights file to write (NAME.safetensors)")
+    p.add_argument(
+        "--out", type=Path, required=True, help="weights file to write (NAME.safetensors; NAME.json beside it)"
+    )
     p.add_argument("--fp32", action="store_true", help="store float32 (default: float16, half the size)")
     p.set_defaults(func=_export)
 
     p = sub.add_parser("push", help="upload weights, their config and a model card to a Hugging Face Hub repo")
     p.add_argument("--repo-id", required=True, help="model repo OWNER/NAME (created when missing)")
-    p.add_argument("--weights", type=Path, default=None,
-                   help="weights; NAME.py and README.md beside it go too (default: the bundled model)")  # fmt: skip
+    p.add_argument(
+        "--weights",
+        type=Path,
+        default=None,
+        help="weights; NAME.json and README.md beside it go too (default: the bundled model)",
+    )
     p.add_argument("--token", default=None, help="Hub write token (default: $HF_TOKEN or the saved login)")
     p.add_argument("--private", action="store_true", help="create the repo private")
     p.set_defaults(func=_push)

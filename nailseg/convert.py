@@ -68,7 +68,7 @@ def split_touching(component: np.ndarray, min_peak_ratio: float = 0.5) -> list[n
 
 
 def mask_to_instances(
-    binary: np.ndarray, min_area: int = DEFAULT_MIN_AREA, split: bool = False
+    binary: np.ndarray, min_area: int = DEFAULT_MIN_AREA, split: bool = False, max_instances: int | None = None
 ) -> list[np.ndarray]:
     """Cut a semantic nail mask into one mask per nail (8-connected regions).
 
@@ -76,15 +76,21 @@ def mask_to_instances(
         binary: ``(H, W)`` bool mask, every nail painted into it.
         min_area: regions with fewer pixels than this are dropped (specks, label noise).
         split: also split touching nails with :func:`split_touching`.
+        max_instances: refuse masks with more regions of ``min_area`` or more than this.
 
     Returns:
         List of ``(H, W)`` bool masks, one per nail, in label order.
+
+    Raises:
+        ValueError: more than ``max_instances`` regions.
     """
     if binary.size == 0:  # OpenCV's labelling crashes the process on a zero-size array
         return []
     # connectedComponents + bincount is ~5x faster than connectedComponentsWithStats (OpenCV 4.14).
     n, labels = cv2.connectedComponents(binary.astype(np.uint8), connectivity=8)
     areas = np.bincount(labels.ravel(), minlength=n)
+    if max_instances is not None and np.count_nonzero(areas[1:] >= min_area) > max_instances:
+        raise ValueError(f"more than {max_instances} separate nails in the mask")
     instances = []
     for k in range(1, n):
         if areas[k] < min_area:

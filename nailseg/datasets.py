@@ -18,7 +18,6 @@ import importlib
 import json
 import os
 import sys
-import tempfile
 import threading
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
@@ -27,9 +26,11 @@ from pathlib import Path
 import numpy as np
 
 from nailseg import convert
-from nailseg.images import exif_size
+from nailseg.files import write_atomic
+from nailseg.images import MAX_PIXELS, ImageError, exif_size
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
+MAX_NAILS = 500  # per photo: far above any hand, and a bound on the work one file can ask for
 
 
 @dataclass(frozen=True)
@@ -153,10 +154,23 @@ def _pair(root: Path, images_dir: Path, labels_dir: Path, label_exts: set[str], 
     return samples, problems
 
 
+def _check_pixels(width: int, height: int, what: str) -> None:
+    if width * height > MAX_PIXELS:
+        megapixels = width * height / 1e6
+        raise ValueError(f"{what} is {width}x{height} ({megapixels:.0f} MP); the limit is {MAX_PIXELS / 1e6:.0f} MP")
+
+
 def load_mask(path: Path) -> np.ndarray:
-    """Read a mask file as stored (any bit depth, grey or colour). Raises ValueError if unreadable."""
+    """Read a mask file as stored (any bit depth, grey or colour). Raises ValueError if unreadable or too large."""
     import cv2
 
+    if path.stat().st_size == 0:
+        raise ValueError("empty file")
+    try:
+        size = exif_size(path)  # from the header, before decoding
+    except ImageError:
+        raise ValueError("unreadable mask") from None
+    _check_pixels(*size, "the mask")
     data = np.fromfile(path, np.uint8)
     if data.size == 0:
         raise ValueError("empty file")
@@ -173,6 +187,8 @@ def load_yolo_polygons(path: Path, width: int, height: int) -> list[np.ndarray]:
         values = line.split()
         if not values:
             continue
+        if len(polygons) == MAX_NAILS:
+            raise ValueError(f"more than {MAX_NAILS} polygons")
         coords = np.array(values[1:], dtype=np.float64)
         if len(coords) < 6 or len(coords) % 2:
             raise ValueError(f"line {line_no}: a polygon needs an even number of >= 6 coordinates")
@@ -181,7 +197,11 @@ def load_yolo_polygons(path: Path, width: int, height: int) -> list[np.ndarray]:
 
 
 def convert_sample(root: Path, sample: Sample, min_area: int, split_touching: bool) -> ConvertedSample:
-    """Read one photo and its label and turn it into COCO annotations; never raises."""
+    """Read one photo and its label and turn it into COCO annotations; never raises.
+
+    Sizes are checked from the headers before any pixel is decoded (the app's photo limit), and
+    nails are encoded one at a time, so one file cannot ask for more than one full-size mask.
+    """
     out = ConvertedSample(sample)
     image_path, label_path = root / sample.image, root / sample.label
     try:
@@ -190,18 +210,17 @@ def convert_sample(root: Path, sample: Sample, min_area: int, split_touching: bo
             raise ValueError("empty photo file")
         out.sha1 = hashlib.sha1(data).hexdigest()
         out.width, out.height = exif_size(image_path)
+        _check_pixels(out.width, out.height, "the photo")
         if sample.kind == "yolo":
             polygons = load_yolo_polygons(label_path, out.width, out.height)
-            instances = convert.polygons_to_instances(polygons, out.height, out.width)
-            instances = [m for m in instances if m.sum() >= min_area]
+            instances = (m for p in polygons for m in convert.polygons_to_instances([p], out.height, out.width))
+            instances = (m for m in instances if m.sum() >= min_area)
         else:
             mask = load_mask(label_path)
             if mask.shape[:2] != (out.height, out.width):
-                raise ValueError(
-                    f"size mismatch: photo {out.width}x{out.height}, mask {mask.shape[1]}x{mask.shape[0]}"
-                )
+                raise ValueError(f"size mismatch: photo {out.width}x{out.height}, mask {mask.shape[1]}x{mask.shape[0]}")
             binary = convert.binarize_mask(mask)
-            instances = convert.mask_to_instances(binary, min_area, split_touching)
+            instances = convert.mask_to_instances(binary, min_area, split_touching, max_instances=MAX_NAILS)
         out.annotations = [convert.instance_to_annotation(m) for m in instances]
     except (OSError, ValueError) as err:
         out.problem = str(err) or type(err).__name__
@@ -318,8 +337,7 @@ def convert_dataset(
     for side in ("train", "valid"):
         chosen = [r for r, s in zip(ok, sides) if s == side]
         images = [
-            {"file_name": r.sample.image, "width": r.width, "height": r.height, "group": r.sample.group}
-            for r in chosen
+            {"file_name": r.sample.image, "width": r.width, "height": r.height, "group": r.sample.group} for r in chosen
         ]
         split_dicts[side] = convert.build_coco(images, [r.annotations for r in chosen], info)
     manifest = pd.DataFrame(
@@ -336,17 +354,6 @@ def convert_dataset(
     return ConversionReport(root, layout, split_dicts["train"], split_dicts["valid"], manifest, problems)
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def save_report(report: ConversionReport, out_dir: str | Path) -> list[Path]:
     """Write ``train.json``, ``valid.json`` and ``manifest.csv`` into ``out_dir``, each atomically.
 
@@ -360,7 +367,7 @@ def save_report(report: ConversionReport, out_dir: str | Path) -> list[Path]:
         ("valid.json", json.dumps(report.valid)),
         ("manifest.csv", report.manifest.to_csv(index=False)),
     ):
-        _write_atomic(out_dir / name, text)
+        write_atomic(out_dir / name, text)
         written.append(out_dir / name)
     return written
 

@@ -15,8 +15,18 @@ from nailseg.result import Nails
 
 # Distinct, colour-blind-friendly colours (Okabe-Ito), RGB.
 PALETTE = np.array(
-    [(230, 159, 0), (86, 180, 233), (0, 158, 115), (240, 228, 66), (0, 114, 178), (213, 94, 0),
-     (204, 121, 167), (255, 255, 255)], dtype=np.uint8)  # fmt: skip
+    [
+        (230, 159, 0),
+        (86, 180, 233),
+        (0, 158, 115),
+        (240, 228, 66),
+        (0, 114, 178),
+        (213, 94, 0),
+        (204, 121, 167),
+        (255, 255, 255),
+    ],
+    dtype=np.uint8,
+)
 
 
 @dataclass(frozen=True)

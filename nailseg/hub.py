@@ -1,18 +1,23 @@
-"""Publishing weights on the Hugging Face Hub: weights, their config and a model card, in one commit.
+"""The Hugging Face Hub: downloading weights into its cache, and publishing them.
 
-What was pushed is then loadable anywhere as ``hf://<repo_id>/<weights file name>`` (see
+Publishing uploads weights, their JSON config and a model card in one commit; what was pushed is
+then loadable anywhere as ``hf://<repo_id>/<weights file name>`` (see
 ``nailseg.weights.resolve_weights``), e.g. ``NAILSEG_WEIGHTS=hf://me/nails/model.safetensors``.
 The file choice and the card are pure (``hub_files``, ``model_card``); ``push_model`` does the I/O.
+A token (``$HF_TOKEN``, e.g. a Space secret) is handed to ``huggingface_hub`` and never printed.
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from nailseg.weights import BUNDLED_WEIGHTS, HubUnreachable, WeightsError
+from nailseg.paths import BUNDLED_WEIGHTS, hub_cache_dir
+from nailseg.weights import HubUnreachable, WeightsError
 
 CARD_NAME = "README.md"
+_PROXY_VARS = ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY")
 _METRIC_NAMES = {
     "coco/bbox_mAP": "box AP",
     "coco/bbox_mAP_50": "box AP50",
@@ -28,6 +33,49 @@ class PushResult:
     commit_url: str
     spec: str
     files: tuple[str, ...]
+
+
+def reachable(url: str, timeout: float = 3.0) -> bool:
+    """A TCP connection to ``url``'s host opens (assumed true behind a proxy, which we cannot probe)."""
+    import socket
+    from urllib.parse import urlsplit
+
+    if any(os.environ.get(k) for k in _PROXY_VARS):
+        return True
+    parts = urlsplit(url)
+    try:
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+        socket.create_connection((parts.hostname, port), timeout).close()
+        return True
+    except (OSError, ValueError):
+        return False
+
+
+def download(repo_id: str, filename: str, revision: str | None = None) -> Path:
+    """A file of a Hub model repo, from the local Hub cache or downloaded into it.
+
+    Raises:
+        HubUnreachable: offline and not cached.
+        WeightsError: the repo, revision or file does not exist.
+    """
+    from huggingface_hub import constants, hf_hub_download
+    from huggingface_hub.errors import (
+        LocalEntryNotFoundError,
+        RemoteEntryNotFoundError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
+
+    # Offline, hf_hub_download retries for ~25 s before giving up; the cache answers at once.
+    offline = not reachable(constants.ENDPOINT)
+    try:
+        return Path(
+            hf_hub_download(repo_id, filename, revision=revision, cache_dir=hub_cache_dir(), local_files_only=offline)
+        )
+    except LocalEntryNotFoundError as err:  # offline and not cached (a subclass of EntryNotFoundError)
+        raise HubUnreachable(f"cannot reach the Hugging Face Hub for {repo_id}/{filename}") from err
+    except (RemoteEntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError) as err:
+        raise WeightsError(f"{filename} not found in Hub repo {repo_id}") from err
 
 
 def model_card(repo_id: str, weights_name: str, metrics: dict[str, float] | None = None) -> str:
@@ -55,7 +103,7 @@ def model_card(repo_id: str, weights_name: str, metrics: dict[str, float] | None
         "NailSeg (mmdetection 3.x).",
         "",
         f"- `{weights_name}`: the weights (safetensors, no pickled code);",
-        f"- `{stem}.py`: the mmdetection config they were trained with.",
+        f"- `{stem}.json`: the mmdetection config they were trained with (data, no code).",
         "",
         "## Use",
         "",
@@ -77,14 +125,14 @@ def hub_files(
 ) -> list[tuple[str, bytes | Path]]:
     """The ``(path in repo, content)`` pairs to upload for ``weights``.
 
-    The weights, the ``.py`` config with the same stem beside them, and ``README.md`` beside them
+    The weights, the ``.json`` config with the same stem beside them, and ``README.md`` beside them
     when there is one (``checkpoints/README.md`` for the bundled model), else a generated card.
 
     Raises:
         WeightsError: the weights or their config are missing.
     """
     weights = Path(weights)
-    config = weights.with_suffix(".py")
+    config = weights.with_suffix(".json")
     if not weights.is_file():
         raise WeightsError(f"weights file not found: {weights}")
     if not config.is_file():
@@ -105,28 +153,42 @@ def push_model(
 
     Args:
         repo_id: ``owner/name`` on the Hub (``$HF_ENDPOINT`` is honoured).
-        weights: local ``.safetensors`` (or weights-only ``.pth``) with its config beside it.
-        token: a write token; default the saved login or ``$HF_TOKEN``.
+        weights: local ``.safetensors`` with its ``.json`` config beside it.
+        token: a write token; default ``$HF_TOKEN`` or the saved login. Never logged.
         private: create the repo private (an existing repo keeps its visibility).
         metrics: validation AP for a generated card.
 
     Raises:
         WeightsError: missing files.
         HubUnreachable: no connection to the Hub.
-        huggingface_hub.errors.HfHubHTTPError: the Hub refused (bad token, no write access...).
+        HubRefused: the Hub refused (bad token, no write access...); the message never holds the token.
     """
     from httpx2 import TransportError  # huggingface_hub's HTTP client
-    from huggingface_hub import CommitOperationAdd, HfApi, constants
+    from huggingface_hub import CommitOperationAdd, HfApi, constants, get_token
+    from huggingface_hub.errors import HfHubHTTPError
 
     files = hub_files(weights, repo_id, metrics)
-    api = HfApi(token=token or None)
-    try:
-        api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
-    except TransportError as err:
-        raise HubUnreachable(f"cannot reach the Hub at {constants.ENDPOINT}: {err}") from err
+    token = token or None
+    secret = token or get_token()  # what huggingface_hub will send: kept out of every message
+    api = HfApi(token=token)
     operations = [
         CommitOperationAdd(path_in_repo=name, path_or_fileobj=content if isinstance(content, bytes) else str(content))
         for name, content in files
     ]
-    info = api.create_commit(repo_id, operations, commit_message=f"Upload {Path(weights).name} with nailseg push")
+    try:
+        api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
+        info = api.create_commit(repo_id, operations, commit_message=f"Upload {Path(weights).name} with nailseg push")
+    except TransportError as err:
+        raise HubUnreachable(redact(f"cannot reach the Hub at {constants.ENDPOINT}: {err}", secret)) from None
+    except HfHubHTTPError as err:
+        raise HubRefused(redact(f"the Hub refused the upload: {err}", secret)) from None
     return PushResult(str(info.commit_url), f"hf://{repo_id}/{Path(weights).name}", tuple(n for n, _ in files))
+
+
+class HubRefused(RuntimeError):
+    """The Hub answered but refused (bad token, no write access, bad repo id)."""
+
+
+def redact(message: str, secret: str | None) -> str:
+    """``message`` with ``secret`` (a token) replaced by ``***``."""
+    return message.replace(secret, "***") if secret else message

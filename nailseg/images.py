@@ -37,6 +37,8 @@ def exif_size(path: str | Path) -> tuple[int, int]:
         with Image.open(path) as im:
             width, height = im.size
             orientation = _orientation(im)
+    except Image.DecompressionBombError as err:
+        raise ImageError("the image is too large (over Pillow's decompression-bomb limit)") from err
     except (UnidentifiedImageError, OSError) as err:
         raise ImageError(f"not a readable image ({err.__class__.__name__})") from err
     return (height, width) if orientation in _ROTATED else (width, height)
@@ -54,13 +56,22 @@ def _orientation(im: Image.Image) -> int:
     return im.getexif().get(0x0112, 1)
 
 
-def load_image_rgb(source: str | Path | bytes | Image.Image, max_pixels: int = MAX_PIXELS) -> np.ndarray:
+def load_image_rgb(
+    source: str | Path | bytes | Image.Image, max_pixels: int = MAX_PIXELS, max_side: int | None = None
+) -> np.ndarray:
     """Decode a photo into an ``(H, W, 3) uint8 RGB`` array, EXIF orientation applied.
 
     Grayscale, palette, RGBA (composited on white), CMYK and 16-bit photos are all converted.
 
+    Args:
+        source: a file path, the file's bytes, or an opened PIL image.
+        max_pixels: refuse photos with more pixels than this (checked from the header).
+        max_side: shrink so that the longer side is at most this (see :func:`fit_within`); a JPEG
+            is then decoded at a reduced scale directly, which takes a fraction of the memory.
+
     Raises:
-        ImageError: empty, truncated, not an image, or larger than ``max_pixels``.
+        ImageError: empty, truncated, not an image, or larger than ``max_pixels``. The message
+            never names a path.
     """
     try:
         if isinstance(source, Image.Image):
@@ -79,17 +90,32 @@ def load_image_rgb(source: str | Path | bytes | Image.Image, max_pixels: int = M
                 f"the photo is {im.width}x{im.height} ({im.width * im.height / 1e6:.0f} MP); "
                 f"the limit is {max_pixels / 1e6:.0f} MP"
             )
+        if max_side and im.format == "JPEG":
+            scale = max_side / max(im.size)
+            im.draft("RGB", (max(1, round(im.width * scale)), max(1, round(im.height * scale))))
         im.load()
         im = ImageOps.exif_transpose(im)
-        return _to_rgb(im)
+        rgb = _to_rgb(im)
+        return fit_within(rgb, max_side)[0] if max_side else rgb
     except ImageError:
         raise
     except Image.DecompressionBombError as err:
-        raise ImageError(f"the photo is too large: {err}") from err
+        raise ImageError("the photo is too large (over Pillow's decompression-bomb limit)") from err
+    except FileNotFoundError as err:
+        raise ImageError("the file is no longer on the server: add it again") from err
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
         if "truncated" in str(err).lower():
             raise ImageError("the image file is truncated (incomplete download?)") from err
-        raise ImageError(f"not a readable image ({err})") from err
+        raise ImageError(f"not a readable image ({_no_path(err)})") from err
+
+
+def _no_path(err: Exception) -> str:
+    """An error's own words without the file path Python's OSErrors carry."""
+    if isinstance(err, UnidentifiedImageError):
+        return "not an image format Pillow reads"
+    if isinstance(err, OSError) and err.strerror:
+        return err.strerror
+    return str(err) if isinstance(err, SyntaxError | ValueError) else err.__class__.__name__
 
 
 def _to_rgb(im: Image.Image) -> np.ndarray:

@@ -17,7 +17,7 @@ import numpy as np
 
 from nailseg.images import fit_within
 from nailseg.result import Nails
-from nailseg.weights import ResolvedWeights, load_state_dict, resolve_weights
+from nailseg.weights import ResolvedWeights, WeightsError, load_model_config, load_state_dict, resolve_weights
 
 DEFAULT_SCORE_THR = 0.5
 # The model sees photos at ~432 px; a 50 MP photo is shrunk to this long side before inference
@@ -77,8 +77,9 @@ def _to_nails(sample, scale: float, height: int, width: int, min_score: float = 
     scores = inst.scores.cpu().numpy().astype(np.float32)
     masks = inst.masks.cpu().numpy().astype(bool) if len(scores) else np.zeros((0, height, width), bool)
     if scale != 1.0 and len(scores):
-        masks = np.stack([cv2.resize(m.astype(np.uint8), (width, height), interpolation=cv2.INTER_NEAREST)
-                          for m in masks]).astype(bool)  # fmt: skip
+        masks = np.stack(
+            [cv2.resize(m.astype(np.uint8), (width, height), interpolation=cv2.INTER_NEAREST) for m in masks]
+        ).astype(bool)
     boxes[:, 0::2] = boxes[:, 0::2].clip(0, width)
     boxes[:, 1::2] = boxes[:, 1::2].clip(0, height)
     return Nails(boxes, masks, scores).in_reading_order()
@@ -90,40 +91,49 @@ def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def load_model(weights: str | Path | None = None, device: str | None = None) -> NailSegmenter:
-    """Build the model of a weights spec and load its weights (no unpickling).
+def load_model(
+    weights: str | Path | None = None, device: str | None = None, allow_py_config: bool = False
+) -> NailSegmenter:
+    """Build the model of a weights spec and load its weights (no unpickling, no config code).
 
     Args:
-        weights: local path or ``hf://owner/repo[@rev]/file``; default ``$NAILSEG_WEIGHTS``,
-            then the bundled model. The config is the ``.py`` file with the same stem.
+        weights: local path or ``hf://owner/repo[@rev]/file.safetensors``; default
+            ``$NAILSEG_WEIGHTS``, then the bundled model. The config is the ``.json`` file with
+            the same stem (see :mod:`nailseg.weights`).
         device: ``"cpu"``, ``"cuda"``...; default CUDA when present.
+        allow_py_config: also accept a ``.py`` config beside local weights (it runs Python);
+            only for weights named by the machine's owner (the command line).
     """
     from mmcv.transforms import Compose
     from mmdet.registry import MODELS
-    from mmengine.config import Config
     from mmengine.registry import init_default_scope
 
+    import nailseg.model  # noqa: F401 - registers the backbone and mask head
+
     start = time.perf_counter()
-    resolved = resolve_weights(weights)
+    resolved = resolve_weights(weights, allow_py_config=allow_py_config)
     device = device or default_device()
-    cfg = Config.fromfile(str(resolved.config))
-    init_default_scope(cfg.get("default_scope", "mmdet"))
-    model_cfg = copy.deepcopy(cfg.model)
-    if "pretrained" in model_cfg.backbone:
-        model_cfg.backbone.pretrained = False  # the weights file holds the trained backbone
-    model_cfg.backbone.pop("init_cfg", None)
-    model = MODELS.build(model_cfg)
-    model.load_state_dict(load_state_dict(resolved.weights), strict=True)
+    cfg = load_model_config(resolved.config)
+    init_default_scope(cfg.default_scope)
+    try:
+        model = MODELS.build(copy.deepcopy(cfg.model))
+        model.load_state_dict(load_state_dict(resolved.weights), strict=True)
+        pipeline = Compose(_inference_pipeline(cfg.test_pipeline))
+    except (TypeError, KeyError, ValueError, RuntimeError, AssertionError) as err:
+        if isinstance(err, WeightsError):
+            raise
+        raise WeightsError(
+            f"{resolved.weights.name} and its config do not make a model ({err.__class__.__name__}: {str(err)[:200]})"
+        ) from err
     model.to(device).eval()
     model.dataset_meta = {"classes": ("nail",)}
-    pipeline = Compose(_inference_pipeline(cfg))
     return NailSegmenter(model, pipeline, resolved, device, time.perf_counter() - start)
 
 
-def _inference_pipeline(cfg) -> list[dict]:
+def _inference_pipeline(test_pipeline: list[dict]) -> list[dict]:
     """The config's test pipeline, reading an array instead of a file and without annotations."""
     steps = [dict(type="mmdet.LoadImageFromNDArray")]
-    for step in cfg.test_dataloader.dataset.pipeline:
+    for step in test_pipeline:
         if step["type"] in ("LoadImageFromFile", "LoadAnnotations"):
             continue
         step = dict(step)

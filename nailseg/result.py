@@ -73,13 +73,15 @@ class Nails:
         for box, mask, score in zip(self.boxes_xyxy, self.masks, self.scores):
             rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
             x0, y0, x1, y1 = (float(v) for v in box)
-            results.append({
-                "image_id": int(image_id),
-                "category_id": int(category_id),
-                "bbox": [round(x0, 2), round(y0, 2), round(x1 - x0, 2), round(y1 - y0, 2)],
-                "score": round(float(score), 5),
-                "segmentation": {"size": [int(v) for v in rle["size"]], "counts": rle["counts"].decode("ascii")},
-            })  # fmt: skip
+            results.append(
+                {
+                    "image_id": int(image_id),
+                    "category_id": int(category_id),
+                    "bbox": [round(x0, 2), round(y0, 2), round(x1 - x0, 2), round(y1 - y0, 2)],
+                    "score": round(float(score), 5),
+                    "segmentation": {"size": [int(v) for v in rle["size"]], "counts": rle["counts"].decode("ascii")},
+                }
+            )
         return results
 
     def to_records(self) -> list[dict]:

@@ -1,86 +1,58 @@
-"""What the app shares between requests: the model in use, and scratch folders for answers.
+"""What the app shares between requests: the model, visitors' results, scratch folders, uploads.
 
-The model is loaded once (lazily, under a lock) and can be switched at run time, e.g. by the
-Train tab's "use this model". Scratch folders hold the files handed to Gradio (zips), which
-copies them into its own cache; ours are removed a little later and at exit.
+* ``STORE``: the model in use, loaded in the background at start (the page answers first) and
+  switchable at run time by the owner.
+* ``SESSIONS``: each visitor's last segmented photo, kept at working size for redraws, bounded
+  in bytes (per visitor and in total) and in time.
+* Scratch folders hold the files handed to Gradio (zips), which copies them into its own cache;
+  ours go a minute later, at exit and on SIGTERM, and those of a process that died are removed
+  at the next start.
+* ``Upload``: a visitor's file, by its server path and the name the visitor gave it; messages
+  name files by the latter. Uploads are Gradio's files: the app never deletes them (Gradio's
+  ``delete_cache`` does, after a few minutes), so two visitors sending the same bytes, which
+  Gradio stores under one path, never take each other's file away.
 """
 
 from __future__ import annotations
 
 import atexit
+import math
+import os
+import secrets
 import shutil
+import signal
+import sys
 import tempfile
 import threading
 import time
+from collections import OrderedDict
+from dataclasses import dataclass
 from pathlib import Path
+
+import gradio as gr
 
 from nailseg.weights import BUNDLED_WEIGHTS, HubUnreachable, WeightsError
 
-SCRATCH_ROOT = Path(tempfile.mkdtemp(prefix="nailseg-app-"))
+_SCRATCH_PREFIX = "nailseg-app-"
+SCRATCH_KEEP_S = 60.0  # Gradio copies an answer's files into its cache as soon as the handler returns
+
+
+def _remove_dead_scratch(tmp: Path) -> None:
+    """Scratch roots of app processes that no longer run (killed, crashed) are removed."""
+    for old in tmp.glob(f"{_SCRATCH_PREFIX}*-*"):
+        pid = old.name.removeprefix(_SCRATCH_PREFIX).split("-", 1)[0]
+        if pid.isdigit() and not Path(f"/proc/{pid}").exists():
+            shutil.rmtree(old, ignore_errors=True)
+
+
+_remove_dead_scratch(Path(tempfile.gettempdir()))
+SCRATCH_ROOT = Path(tempfile.mkdtemp(prefix=f"{_SCRATCH_PREFIX}{os.getpid()}-"))
 atexit.register(shutil.rmtree, SCRATCH_ROOT, ignore_errors=True)
-# Gradio copies an answer's files into its cache as soon as the handler returns; a minute is ample.
-SCRATCH_KEEP_S = 60.0
 
 
-class ModelStore:
-    """The model every request uses; loaded on first use, switchable, thread-safe.
-
-    Attributes:
-        notice: what the UI should say about the weights (empty when nothing is unusual),
-            e.g. that the Hub was unreachable and the bundled model is used instead.
-    """
-
-    def __init__(self, spec: str | None = None) -> None:
-        self._spec = spec  # None: $NAILSEG_WEIGHTS, then the bundled model (see nailseg.weights)
-        self._model = None
-        self._lock = threading.Lock()
-        self.notice = ""
-
-    @property
-    def current(self):
-        """The :class:`~nailseg.inference.NailSegmenter` in use (loads it on first access)."""
-        model = self._model
-        if model is None:
-            with self._lock:
-                if self._model is None:
-                    self._model, self.notice = _load_with_fallback(self._spec)
-                model = self._model
-        return model
-
-    def switch(self, spec: str) -> str:
-        """Load other weights (local path or ``hf://owner/repo[@rev]/file``) and use them from now on.
-
-        Returns:
-            A one-line message for the UI: the weights now in use, and the notice if any.
-
-        Raises:
-            WeightsError: the weights cannot be found or loaded; the model in use is kept.
-        """
-        spec = spec.strip()
-        if not spec:
-            raise WeightsError("give a local weights path or hf://owner/repo[@revision]/file.safetensors")
-        model, notice = _load_with_fallback(spec)
-        with self._lock:
-            self._spec, self._model, self.notice = spec, model, notice
-        return describe(model, notice)
-
-
-def _load_with_fallback(spec: str | None):
-    """Load ``spec``; when the Hub is unreachable, the bundled model and a notice instead."""
-    from nailseg.inference import load_model
-
-    try:
-        return load_model(spec), ""
-    except HubUnreachable as err:
-        if not BUNDLED_WEIGHTS.is_file():
-            raise WeightsError(f"{err}, and the bundled model {BUNDLED_WEIGHTS.name} is missing") from err
-        return load_model(BUNDLED_WEIGHTS), f"Hub unreachable ({err}): using the bundled model"
-
-
-def describe(model, notice: str = "") -> str:
-    """``weights: <source> (loaded in 1.2 s on cpu)`` plus the notice, for the UI."""
-    text = f"weights: `{model.weights.source}` (loaded in {model.load_seconds:.1f} s on {model.device})"
-    return f"{text}. **{notice}**" if notice else text
+def exit_on_sigterm() -> None:
+    """Turn SIGTERM into a normal exit, so that atexit handlers remove the scratch folders."""
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
 
 
 def scratch_dir() -> Path:
@@ -95,4 +67,177 @@ def scratch_dir() -> Path:
     return Path(tempfile.mkdtemp(dir=SCRATCH_ROOT))
 
 
+@dataclass(frozen=True)
+class Upload:
+    """A visitor's file: where Gradio stored it, and the name the visitor gave it."""
+
+    path: str
+    name: str
+
+
+class ModelStore:
+    """The model every request uses: loaded once (in the background if asked), switchable, thread-safe.
+
+    Attributes:
+        notice: what the UI should say about the weights (empty when nothing is unusual),
+            e.g. that the Hub was unreachable and the bundled model is used instead.
+    """
+
+    def __init__(self, spec: str | None = None) -> None:
+        self._spec = spec  # None: $NAILSEG_WEIGHTS, then the bundled model (see nailseg.weights)
+        self._model = None
+        self._error: Exception | None = None
+        self._lock = threading.Lock()
+        self.notice = ""
+
+    def load_in_background(self) -> None:
+        """Start loading now, in a thread; requests that need the model wait for it."""
+        threading.Thread(target=self._load, name="nailseg-model-load", daemon=True).start()
+
+    def _load(self) -> None:
+        with self._lock:
+            if self._model is None:
+                try:
+                    self._model, self.notice = _load_with_fallback(self._spec)
+                    self._error = None
+                except WeightsError as err:
+                    self._error = err
+
+    @property
+    def ready(self) -> bool:
+        return self._model is not None
+
+    @property
+    def current(self):
+        """The :class:`~nailseg.inference.NailSegmenter` in use (waits for, or does, the first load).
+
+        Raises:
+            WeightsError: the configured weights cannot be loaded.
+        """
+        if self._model is None:
+            self._load()
+        if self._model is None:
+            raise WeightsError(f"the model could not be loaded: {self._error}")
+        return self._model
+
+    def switch(self, spec: str) -> str:
+        """Load other weights (``.safetensors`` with its ``.json``, local or ``hf://``) for every later request.
+
+        Returns:
+            A one-line Markdown message for the UI: the weights now in use, and the notice if any.
+
+        Raises:
+            WeightsError: the weights cannot be found or loaded; the model in use is kept.
+        """
+        spec = spec.strip()
+        if not spec:
+            raise WeightsError("give a local weights path or hf://owner/repo[@revision]/file.safetensors")
+        model, notice = _load_with_fallback(spec)
+        with self._lock:
+            self._spec, self._model, self.notice, self._error = spec, model, notice, None
+        return describe(model, notice)
+
+    def status(self) -> str:
+        """Markdown: the weights in use, or that they are still loading."""
+        if self._model is None:
+            return "weights: loading… (the first photo waits for them)" if self._error is None else f"**{self._error}**"
+        return describe(self._model, self.notice)
+
+
+def _load_with_fallback(spec: str | None):
+    """Load ``spec``; when the Hub is unreachable, the bundled model and a notice instead."""
+    from nailseg.inference import load_model
+
+    try:
+        return load_model(spec), ""
+    except HubUnreachable:
+        if not BUNDLED_WEIGHTS.is_file():
+            raise WeightsError("the Hub is unreachable and the bundled model is missing") from None
+        return load_model(BUNDLED_WEIGHTS), "Hub unreachable: using the bundled model"
+
+
+def describe(model, notice: str = "") -> str:
+    """``weights: <source> (loaded in 1.2 s on cpu)`` plus the notice, as Markdown."""
+    name = code(weights_name(model.weights.source))
+    text = f"weights: {name} (loaded in {model.load_seconds:.1f} s on {model.device})"
+    return f"{text}. **{notice}**" if notice else text
+
+
+def weights_name(source: str) -> str:
+    """What visitors see of a weights source: an ``hf://`` spec as it is, a local file by its name."""
+    return source if source.startswith("hf://") else Path(source).name
+
+
+def code(text: str) -> str:
+    """``text`` as a Markdown code span that no character of it can break out of."""
+    text = " ".join(str(text).split()).replace("`", "'")
+    return f"`{text}`"
+
+
+def number(value, label: str, low: float, high: float) -> float:
+    """``value`` as a float in ``[low, high]``, else a clear error (NaN and infinities included)."""
+    try:
+        value = float(value if value is not None else "nan")
+    except (TypeError, ValueError):
+        value = math.nan
+    if not (math.isfinite(value) and low <= value <= high):
+        raise gr.Error(f"{label} must be a number from {low:g} to {high:g}.")
+    return value
+
+
+class SessionStore:
+    """Values kept per visitor (e.g. a segmented photo for redraws), bounded in bytes and time.
+
+    The visitor's ``gr.State`` holds only the key. The least recently used entries go when the
+    total passes ``max_total_bytes``; any entry goes ``ttl_s`` seconds after its last use; a value
+    larger than ``max_item_bytes`` is not kept at all (the visitor segments again to redraw).
+    """
+
+    def __init__(self, max_item_bytes: int, max_total_bytes: int, ttl_s: float) -> None:
+        self.max_item_bytes, self.max_total_bytes, self.ttl_s = max_item_bytes, max_total_bytes, ttl_s
+        self._items: OrderedDict[str, tuple[float, int, object]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def put(self, value: object, nbytes: int, key: str | None = None) -> str | None:
+        """Keep ``value`` (``nbytes`` large) under ``key`` (a new one by default); None when too large."""
+        with self._lock:
+            if key is not None:
+                self._items.pop(key, None)
+            if nbytes > self.max_item_bytes:
+                return None
+            key = key or secrets.token_urlsafe(16)
+            self._items[key] = (time.monotonic(), nbytes, value)
+            self._evict()
+            return key if key in self._items else None
+
+    def get(self, key: str | None):
+        """The value under ``key``, or None when it expired, was evicted or never existed."""
+        with self._lock:
+            self._evict()
+            if key is None or key not in self._items:
+                return None
+            _, nbytes, value = self._items.pop(key)
+            self._items[key] = (time.monotonic(), nbytes, value)
+            return value
+
+    @property
+    def total_bytes(self) -> int:
+        with self._lock:
+            return sum(n for _, n, _ in self._items.values())
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def _evict(self) -> None:
+        now = time.monotonic()
+        for key in [k for k, (t, _, _) in self._items.items() if now - t > self.ttl_s]:
+            del self._items[key]
+        total = sum(n for _, n, _ in self._items.values())
+        while total > self.max_total_bytes and self._items:
+            _, (_, nbytes, _) = self._items.popitem(last=False)
+            total -= nbytes
+
+
 STORE = ModelStore()
+# A working-size photo (<= 1600 px) and its nails take up to ~8 MB: 256 MB keep 30+ visitors.
+SESSIONS = SessionStore(max_item_bytes=32 * 1024**2, max_total_bytes=256 * 1024**2, ttl_s=15 * 60)

@@ -8,13 +8,11 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import warnings
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-CONFIG_DIR = REPO_ROOT / "configs"
-DEFAULT_CONFIG = CONFIG_DIR / "mask-rcnn_effilite0_fpn-128_nails.py"
+from nailseg.hub import reachable
+from nailseg.paths import DEFAULT_CONFIG
 
 
 def _count_images(ann_file: Path) -> tuple[int, int, str]:
@@ -37,16 +35,6 @@ def _rescale_schedule(cfg, factor: float, by_epoch: bool) -> None:
             sched["milestones"] = [max(1, round(m * factor)) for m in sched["milestones"]]
 
 
-def _reachable(url: str, timeout: float = 3.0) -> bool:
-    import urllib.request
-
-    try:
-        urllib.request.urlopen(urllib.request.Request(url, method="HEAD"), timeout=timeout)
-        return True
-    except Exception:  # noqa: BLE001 - any failure means "not now"
-        return False
-
-
 def build_config(
     config: str | Path = DEFAULT_CONFIG,
     data: str | Path = "data/coco",
@@ -55,6 +43,7 @@ def build_config(
     batch_size: int | None = None,
     lr: float | None = None,
     cfg_options: dict | None = None,
+    load_from: str | Path | None = None,
 ):
     """Load a config and point it at the output of ``nailseg convert``.
 
@@ -68,6 +57,8 @@ def build_config(
         batch_size: photos per iteration.
         lr: optimizer learning rate.
         cfg_options: further ``key.sub=value`` overrides, applied last.
+        load_from: weights to start from instead of the config's ``load_from``: a training
+            checkpoint of yours (``.pth``) or exported weights (``.safetensors``).
 
     Returns:
         An ``mmengine.Config`` ready for ``Runner.from_cfg``.
@@ -85,9 +76,12 @@ def build_config(
         raise FileNotFoundError(f"photos folder {dataset_root!r} recorded in {train_json} does not exist")
 
     cfg = Config.fromfile(str(config))
-    cfg.work_dir = str(work_dir or REPO_ROOT / "work_dirs" / config.stem)
-    for loader, ann in (("train_dataloader", train_json), ("val_dataloader", valid_json),
-                        ("test_dataloader", valid_json)):  # fmt: skip
+    cfg.work_dir = str(work_dir or Path("work_dirs") / config.stem)
+    for loader, ann in (
+        ("train_dataloader", train_json),
+        ("val_dataloader", valid_json),
+        ("test_dataloader", valid_json),
+    ):
         cfg[loader].dataset.data_root = dataset_root
         cfg[loader].dataset.ann_file = str(ann)
     cfg.val_evaluator.ann_file = cfg.test_evaluator.ann_file = str(valid_json)
@@ -116,6 +110,8 @@ def build_config(
             cfg.train_cfg.max_epochs = epochs
     if cfg_options:
         cfg.merge_from_dict(cfg_options)
+    if load_from:
+        cfg.load_from = str(load_from)
     _drop_unreachable_downloads(cfg)
     return cfg
 
@@ -127,29 +123,31 @@ def _drop_unreachable_downloads(cfg) -> None:
         from torch.hub import get_dir
 
         cached = Path(get_dir()) / "checkpoints" / load_from.rsplit("/", 1)[-1]
-        if not cached.is_file() and not _reachable(load_from):
+        if not cached.is_file() and not reachable(load_from):
             warnings.warn(f"cannot reach {load_from}; training without it (load_from=None)", stacklevel=2)
             cfg.load_from = None
     init = cfg.model.get("backbone", {}).get("init_cfg") or {}
     checkpoint = init.get("checkpoint", "") if isinstance(init, dict) else ""
-    if checkpoint.startswith("open-mmlab://") and not _reachable("https://download.openmmlab.com"):
-        warnings.warn(f"cannot reach OpenMMLab for {checkpoint}; backbone starts from random weights",
-                      stacklevel=2)  # fmt: skip
+    if checkpoint.startswith("open-mmlab://") and not reachable("https://download.openmmlab.com"):
+        warnings.warn(f"cannot reach OpenMMLab for {checkpoint}; backbone starts from random weights", stacklevel=2)
         cfg.model.backbone.init_cfg = None
 
 
-def _loadable(load_from: str | None, work_dir: Path) -> tuple[str | None, bool]:
-    """``load_from`` as mmengine can read it, and whether it is a local training checkpoint.
+def _loadable(load_from: str | None, work_dir: Path) -> str | None:
+    """``load_from`` as mmengine can read it with ``weights_only=True``.
 
-    Exported ``.safetensors`` weights become a weights-only ``.pth`` in ``work_dir``; any other
-    local file is taken to be an mmengine checkpoint of your own (a pickle, see ``train``).
+    Exported ``.safetensors`` weights become a weights-only ``.pth`` in ``work_dir``; a training
+    checkpoint (``.pth``) is read as it is, through :func:`nailseg.weights.allow_mmengine_checkpoints`.
     """
     if not load_from or str(load_from).startswith(("http://", "https://")):
-        return load_from, False
+        return load_from
     if not Path(load_from).is_file():
-        raise FileNotFoundError(f"load_from {load_from} not found (relative paths start at {Path.cwd()})")
+        raise FileNotFoundError(
+            f"load_from {load_from} not found (relative paths start at {Path.cwd()}); name the weights to start "
+            "from with --load-from"
+        )
     if not str(load_from).endswith(".safetensors"):
-        return load_from, True
+        return load_from
     import torch
 
     from nailseg.weights import load_state_dict
@@ -157,7 +155,7 @@ def _loadable(load_from: str | None, work_dir: Path) -> tuple[str | None, bool]:
     work_dir.mkdir(parents=True, exist_ok=True)
     out = work_dir / f"{Path(load_from).stem}.init.pth"
     torch.save({"state_dict": load_state_dict(load_from)}, out)
-    return str(out), False
+    return str(out)
 
 
 def train(cfg, resume: bool = False) -> Path:
@@ -169,15 +167,13 @@ def train(cfg, resume: bool = False) -> Path:
     from mmengine.runner import Runner
 
     import nailseg.model  # noqa: F401 - registers the backbone and mask head
+    from nailseg.weights import allow_mmengine_checkpoints
 
     cfg.resume = bool(resume)
-    cfg.load_from, own_checkpoint = (None, False) if resume else _loadable(cfg.get("load_from"), Path(cfg.work_dir))
-    if resume or own_checkpoint:
-        # mmengine's resume, and a load_from naming a training checkpoint, read mmengine's full
-        # checkpoint (optimizer, HistoryBuffer...), which torch >= 2.6 refuses with weights_only=True.
-        # It is your own run's file, named by you, so trust it; published weights never take this
-        # path (they are .safetensors, turned into a weights-only file by _loadable).
-        os.environ.setdefault("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
+    cfg.load_from = None if resume else _loadable(cfg.get("load_from"), Path(cfg.work_dir))
+    # mmengine reads checkpoints with torch.load's default, weights_only=True: name the plain
+    # data types its own checkpoints hold, so no pickle is ever trusted with code.
+    allow_mmengine_checkpoints()
     runner = Runner.from_cfg(cfg)
     runner.train()
     last = Path(cfg.work_dir) / "last_checkpoint"

@@ -1,19 +1,62 @@
-"""Where weights come from and how they are stored: safetensors, never pickles.
+"""Where weights come from and how they are stored: safetensors and JSON, never pickles or code.
 
-A weights spec is a local path or ``hf://owner/repo[@revision]/filename``; the config is the
-``.py`` file with the same stem beside it (same folder, or same Hub repo and revision).
-Precedence everywhere: an explicit spec > ``$NAILSEG_WEIGHTS`` > the bundled model.
+A weights spec is a local ``.safetensors`` path or ``hf://owner/repo[@revision]/file.safetensors``.
+Its config is the file with the same stem beside it: ``.json``, which is read as data (checked
+against an allow-list of the model types this project builds; ``custom_imports`` ignored).
+A ``.py`` config runs Python when mmengine reads it, so it is accepted only where the person who
+named the weights owns the machine (``nailseg`` on the command line, ``$NAILSEG_WEIGHTS``), never
+from the Hub or the web app. Precedence everywhere: an explicit spec > ``$NAILSEG_WEIGHTS`` >
+the bundled model.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-BUNDLED_WEIGHTS = REPO_ROOT / "checkpoints" / "mask-rcnn_effilite0_fpn-128_nails.safetensors"
+from nailseg.paths import BUNDLED_WEIGHTS
+
+__all__ = ["BUNDLED_WEIGHTS", "HubUnreachable", "WeightsError", "resolve_weights", "load_model_config"]
+
 ENV_VAR = "NAILSEG_WEIGHTS"
+MAX_CONFIG_BYTES = 1024**2
+# What a config from outside may build: the types of this project's own configs (model and
+# inference pipeline). mmengine's registry would otherwise import any dotted name (``os.system``).
+ALLOWED_TYPES = frozenset(
+    {
+        "MaskRCNN",
+        "DetDataPreprocessor",
+        "EfficientNetLite0",
+        "ResNet",
+        "BN",
+        "FPN",
+        "RPNHead",
+        "AnchorGenerator",
+        "DeltaXYWHBBoxCoder",
+        "CrossEntropyLoss",
+        "L1Loss",
+        "StandardRoIHead",
+        "SingleRoIExtractor",
+        "RoIAlign",
+        "Shared2FCBBoxHead",
+        "FCNMaskHead",
+        "NailMaskHead",
+        "MaxIoUAssigner",
+        "RandomSampler",
+        "nms",
+        "LoadImageFromFile",
+        "Resize",
+        "LoadAnnotations",
+        "PackDetInputs",
+    }
+)
+_NAME = r"[A-Za-z0-9][A-Za-z0-9._-]{0,95}"
+_HUB_SPEC = re.compile(
+    rf"hf://(?P<owner>{_NAME})/(?P<repo>{_NAME})(?:@(?P<rev>{_NAME}))?/(?P<file>(?:{_NAME}/)*{_NAME})"
+)
 
 
 class WeightsError(RuntimeError):
@@ -41,92 +84,202 @@ class HubSpec:
 
 
 def parse_hub_spec(spec: str) -> HubSpec:
-    """Split ``hf://owner/repo[@revision]/path/to/file`` into its parts."""
-    rest = spec.removeprefix("hf://")
-    parts = rest.split("/")
-    if len(parts) < 3 or not all(parts):
-        raise WeightsError(f"expected hf://owner/repo[@revision]/filename, got {spec!r}")
-    repo, revision = parts[1], None
-    if "@" in repo:
-        repo, revision = repo.split("@", 1)
-    return HubSpec(f"{parts[0]}/{repo}", "/".join(parts[2:]), revision)
+    """Split ``hf://owner/repo[@revision]/path/to/file.safetensors`` into its parts.
+
+    Only Hub-style names are accepted (letters, digits, ``._-``; no ``..``), so a spec can be shown
+    back to people as it is.
+    """
+    m = _HUB_SPEC.fullmatch(spec)
+    if not m or ".." in spec or not m["file"].endswith(".safetensors"):
+        raise WeightsError("expected hf://owner/repo[@revision]/file.safetensors")
+    return HubSpec(f"{m['owner']}/{m['repo']}", m["file"], m["rev"])
 
 
-def _hub_reachable(endpoint: str, timeout: float = 3.0) -> bool:
-    """A TCP connection to the Hub opens (assumed true behind a proxy, which we cannot probe)."""
-    import socket
-    from urllib.parse import urlsplit
-
-    if any(os.environ.get(k) for k in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY")):
-        return True
-    url = urlsplit(endpoint)
-    try:
-        socket.create_connection((url.hostname, url.port or (443 if url.scheme == "https" else 80)), timeout).close()
-        return True
-    except OSError:
-        return False
-
-
-def _download(spec: HubSpec, filename: str) -> Path:
-    from huggingface_hub import constants, hf_hub_download
-    from huggingface_hub.errors import (
-        LocalEntryNotFoundError,
-        RemoteEntryNotFoundError,
-        RepositoryNotFoundError,
-        RevisionNotFoundError,
-    )
-
-    # Offline, hf_hub_download retries for ~25 s before giving up; the cache answers at once.
-    offline = not _hub_reachable(constants.ENDPOINT)
-    try:
-        return Path(hf_hub_download(spec.repo_id, filename, revision=spec.revision, local_files_only=offline))
-    except LocalEntryNotFoundError as err:  # offline and not cached (a subclass of EntryNotFoundError)
-        raise HubUnreachable(f"cannot reach the Hugging Face Hub for {spec.repo_id}/{filename}") from err
-    except (RemoteEntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError) as err:
-        raise WeightsError(f"{filename} not found in Hub repo {spec.repo_id}: {err}") from err
-
-
-def resolve_weights(spec: str | os.PathLike | None = None) -> ResolvedWeights:
+def resolve_weights(spec: str | os.PathLike | None = None, allow_py_config: bool = False) -> ResolvedWeights:
     """Find (downloading from the Hub if needed) the weights and config a spec names.
+
+    Args:
+        spec: local path or ``hf://...``; default ``$NAILSEG_WEIGHTS``, then the bundled model.
+        allow_py_config: accept a ``.py`` config beside local weights (it runs Python): only for
+            specs typed by the machine's owner, e.g. on the command line.
 
     Raises:
         HubUnreachable: an ``hf://`` spec while the Hub cannot be reached and nothing is cached.
-        WeightsError: a missing local file, a file missing from the Hub repo, no config beside it.
+        WeightsError: a missing file, a file missing from the Hub repo, no config beside it.
     """
+    from_env = not spec and bool(os.environ.get(ENV_VAR))
     spec = str(spec or os.environ.get(ENV_VAR) or BUNDLED_WEIGHTS)
     if spec.startswith("hf://"):
+        from nailseg.hub import download
+
         hub = parse_hub_spec(spec)
-        weights = _download(hub, hub.filename)
-        config = _download(hub, str(Path(hub.filename).with_suffix(".py")))
+        weights = download(hub.repo_id, hub.filename, hub.revision)
+        config = download(hub.repo_id, str(Path(hub.filename).with_suffix(".json")), hub.revision)
         return ResolvedWeights(weights, config, spec)
     weights = Path(spec).expanduser()
+    if weights.suffix != ".safetensors":
+        raise WeightsError(f"weights must be a .safetensors file, got {weights.name}")
     if not weights.is_file():
         raise WeightsError(f"weights file not found: {weights}")
-    config = weights.with_suffix(".py")
-    if not config.is_file():
-        raise WeightsError(f"config {config.name} not found beside {weights}")
-    return ResolvedWeights(weights, config, str(weights))
+    for config in [weights.with_suffix(".json")] + [weights.with_suffix(".py")] * (allow_py_config or from_env):
+        if config.is_file():
+            return ResolvedWeights(weights, config, str(weights))
+    raise WeightsError(f"config {weights.with_suffix('.json').name} not found beside {weights.name}")
+
+
+# --- configs as data ----------------------------------------------------------------------------
+
+
+def _check_data(node, where: str = "config") -> None:
+    """Refuse what would make mmengine import or run something: unknown types, other scopes."""
+    if isinstance(node, dict):
+        for key, value in node.items():
+            # mmengine's own keys (``_scope_`` imports ``<scope>.registry``): only mmdet's scope.
+            if not isinstance(key, str) or (key.startswith("_") and (key, value) != ("_scope_", "mmdet")):
+                raise WeightsError(f"{where}: key {str(key)[:40]!r} is not accepted")
+            if key == "type" and value not in ALLOWED_TYPES:
+                raise WeightsError(f"{where}: type {str(value)[:60]!r} is not one this project builds")
+            _check_data(value, f"{where}.{key}")
+    elif isinstance(node, list):
+        for i, value in enumerate(node):
+            _check_data(value, f"{where}[{i}]")
+
+
+def _drop_init(node):
+    """The weights file holds every trained parameter: drop ``init_cfg`` (it may name a pickle)."""
+    if isinstance(node, dict):
+        return {k: _drop_init(v) for k, v in node.items() if k != "init_cfg"}
+    return [_drop_init(v) for v in node] if isinstance(node, list) else node
+
+
+def _tuples(step: dict) -> dict:
+    """JSON has no tuples; mmcv's transforms want ``scale=(w, h)`` as one."""
+    return {
+        k: tuple(v) if isinstance(v, list) and all(isinstance(x, int | float) for x in v) else v
+        for k, v in step.items()
+    }
+
+
+def inference_config(data: dict) -> dict:
+    """The parts of a config that inference builds (model, test pipeline), checked and cleaned.
+
+    Args:
+        data: a config as plain data (e.g. parsed JSON); anything else in it is ignored.
+
+    Returns:
+        ``{"model": ..., "test_pipeline": [...], "default_scope": "mmdet"}``.
+
+    Raises:
+        WeightsError: a part is missing or would build something outside :data:`ALLOWED_TYPES`.
+    """
+    if not isinstance(data, dict) or not isinstance(data.get("model"), dict):
+        raise WeightsError("config: no model in it")
+    pipeline = data.get("test_pipeline")
+    if pipeline is None:
+        pipeline = (((data.get("test_dataloader") or {}).get("dataset")) or {}).get("pipeline")
+    if not isinstance(pipeline, list) or not all(isinstance(s, dict) for s in pipeline):
+        raise WeightsError("config: no test pipeline in it")
+    model = _drop_init(data["model"])
+    if isinstance(model.get("backbone"), dict) and "pretrained" in model["backbone"]:
+        model["backbone"]["pretrained"] = False  # the weights file holds the trained backbone
+    _check_data(model, "model")
+    _check_data(pipeline, "test_pipeline")
+    return {"model": model, "test_pipeline": [_tuples(s) for s in pipeline], "default_scope": "mmdet"}
+
+
+def load_model_config(path: str | Path):
+    """An ``mmengine.Config`` for inference from a ``.json`` (data) or, trusted, a ``.py`` config.
+
+    Only :func:`resolve_weights` decides whether a ``.py`` may be used; this reads what it returns.
+    """
+    from mmengine.config import Config
+
+    path = Path(path)
+    if path.suffix == ".py":
+        import nailseg.model  # noqa: F401 - what its custom_imports would import
+
+        cfg = Config.fromfile(str(path), import_custom_modules=False)
+        data = {"model": cfg.model.to_dict(), "test_pipeline": [dict(s) for s in cfg.test_dataloader.dataset.pipeline]}
+        return Config(inference_config(json.loads(json.dumps(data))))
+    if path.stat().st_size > MAX_CONFIG_BYTES:
+        raise WeightsError(f"config {path.name} is larger than {MAX_CONFIG_BYTES // 1024} KiB")
+    try:
+        data = json.loads(path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise WeightsError(f"config {path.name} is not JSON ({err.__class__.__name__})") from err
+    return Config(inference_config(data))
+
+
+# --- checkpoints and weights files --------------------------------------------------------------
+
+
+def allow_mmengine_checkpoints() -> None:
+    """Let ``torch.load(weights_only=True)`` read mmengine's own training checkpoints.
+
+    They hold, besides tensors, the message hub's ``HistoryBuffer`` (with references to its
+    statistics methods, pickled as ``getattr(HistoryBuffer, "mean")``) and numpy arrays and
+    scalars: plain data, allowed by name here so that no checkpoint is unpickled with code.
+    ``getattr`` is allowed only for those methods.
+    """
+    import numpy as np
+    import torch
+    from mmengine.logging.history_buffer import HistoryBuffer
+
+    def history_method(owner, name):
+        if owner is not HistoryBuffer or name not in ("min", "max", "current", "mean"):
+            raise WeightsError(f"checkpoint refers to {getattr(owner, '__name__', '?')}.{name}")
+        return getattr(owner, name)
+
+    multiarray = np._core.multiarray
+    torch.serialization.add_safe_globals(
+        [
+            HistoryBuffer,
+            multiarray._reconstruct,
+            multiarray.scalar,
+            np.ndarray,
+            np.dtype,
+            *{type(np.dtype(t)) for t in ("float64", "float32", "float16", "int64", "int32", "uint8", "bool")},
+            (history_method, "builtins.getattr"),
+        ]
+    )
+
+
+def load_checkpoint(path: str | Path) -> dict:
+    """An mmengine training checkpoint, read with ``weights_only=True`` (see :func:`allow_mmengine_checkpoints`).
+
+    Raises:
+        WeightsError: the file holds something else than data (e.g. pickled code) or is no checkpoint.
+    """
+    import torch
+
+    allow_mmengine_checkpoints()
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - any refusal: the message is what the user needs
+        name = Path(path).name
+        raise WeightsError(f"{name} is not a weights-only mmengine checkpoint ({err.__class__.__name__})") from None
 
 
 def export_weights(checkpoint: str | Path, out: str | Path, half: bool = True) -> Path:
-    """Turn an mmengine training checkpoint into ``out`` (safetensors) and its config ``out.py``.
+    """Turn an mmengine training checkpoint into ``out`` (safetensors) and its config ``out.json``.
 
-    Only the model's ``state_dict`` is kept (no optimizer, no pickled history); floating tensors
-    are stored as float16 when ``half`` (half the size). The config is the one the checkpoint
-    was trained with, flattened into one file, with the machine's data paths cleared.
-    The checkpoint itself is a pickle: export only checkpoints you trained.
+    Only the model's ``state_dict`` is kept (no optimizer, no history); floating tensors are stored
+    as float16 when ``half`` (half the size). The config is the one the checkpoint was trained with,
+    as JSON data, with the machine's data paths and work dir cleared.
     """
     import torch
     from mmengine.config import Config
     from safetensors.torch import save_file
 
-    ckpt = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    from nailseg.files import write_atomic
+
+    ckpt = load_checkpoint(checkpoint)
     state = ckpt.get("state_dict", ckpt)
     out = Path(out)
     cfg_text = ckpt.get("meta", {}).get("cfg")
     if not cfg_text:
-        raise WeightsError(f"{checkpoint} carries no config (meta.cfg); was it written by mmengine?")
-    cfg = Config.fromstring(cfg_text, ".py")
+        raise WeightsError(f"{Path(checkpoint).name} carries no config (meta.cfg); was it written by mmengine?")
+    cfg = Config.fromstring(cfg_text, ".py")  # our own run's config, as mmengine dumped it
     for loader in ("train_dataloader", "val_dataloader", "test_dataloader"):
         if cfg.get(loader):
             cfg[loader].dataset.update(data_root="", ann_file=Path(cfg[loader].dataset.ann_file).name)
@@ -134,7 +287,10 @@ def export_weights(checkpoint: str | Path, out: str | Path, half: bool = True) -
         if cfg.get(evaluator):
             cfg[evaluator].ann_file = Path(cfg[evaluator].ann_file).name
     cfg.work_dir = cfg.load_from = None
-    cfg.dump(str(out.with_suffix(".py")))
+    data = json.loads(json.dumps(cfg.to_dict(), default=str))
+    data.pop("custom_imports", None)  # nailseg registers its parts itself
+    inference_config(data)  # refuse to publish what the app would refuse to load
+    write_atomic(out.with_suffix(".json"), json.dumps(data, indent=1))
     tensors = {
         k: (v.half() if half and v.is_floating_point() else v).contiguous()
         for k, v in state.items()
@@ -145,24 +301,13 @@ def export_weights(checkpoint: str | Path, out: str | Path, half: bool = True) -
 
 
 def load_state_dict(path: str | Path) -> dict:
-    """Read weights without unpickling: ``.safetensors``, or ``.pth`` through ``weights_only``.
-
-    float16 tensors come back as float32.
-    """
+    """Read a ``.safetensors`` weights file (no unpickling); float16 tensors come back as float32."""
     import torch
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
 
-    path = Path(path)
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
+    try:
         state = load_file(str(path))
-    else:
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as err:  # noqa: BLE001 - the message is what the user needs
-            raise WeightsError(
-                f"{path.name} is not a weights-only file ({err.__class__.__name__}); "
-                "export it with `nailseg export`"
-            ) from err
-        state = state.get("state_dict", state)
+    except (SafetensorError, OSError) as err:
+        raise WeightsError(f"{Path(path).name} is not a readable safetensors file ({err})") from err
     return {k: v.float() if v.dtype == torch.float16 else v for k, v in state.items()}

@@ -106,8 +106,11 @@ class _Handler(BaseHTTPRequestHandler):
             headers = {"X-Error-Code": "EntryNotFound", "X-Repo-Commit": commit}
             return self._send(404, b"Entry not found", headers, head)
         body = files[filename]
-        headers = {"ETag": f'"{hashlib.sha256(body).hexdigest()}"', "X-Repo-Commit": commit,
-                   "Content-Type": "application/octet-stream"}  # fmt: skip
+        headers = {
+            "ETag": f'"{hashlib.sha256(body).hexdigest()}"',
+            "X-Repo-Commit": commit,
+            "Content-Type": "application/octet-stream",
+        }
         self._send(200, body, headers, head)
 
     def do_HEAD(self) -> None:  # noqa: N802 - http.server's naming

@@ -1,17 +1,21 @@
-"""The app's pure parts, without a server: archive safety, crop options, upload clean-up, weights switch."""
+"""The app's parts without a server: archive safety, inputs, session store, weights switch."""
 
 from __future__ import annotations
 
 import stat
+import time
 import zipfile
 from pathlib import Path
 
+import gradio as gr
 import numpy as np
 import pytest
-from app_support import PHOTOS, bomb_zip, dataset_zip
+from PIL import Image
+from support import PHOTOS, bomb_zip, dataset_zip
 
+from nailseg import archives
 from nailseg.result import Nails
-from nailseg.serving import ModelStore
+from nailseg.serving import ModelStore, SessionStore, number
 from nailseg.tabs import dataset, segment
 from nailseg.weights import WeightsError
 
@@ -27,8 +31,10 @@ def member(name: str, size: int = 10, compressed: int | None = None, mode: int =
     ("members", "reason"),
     [
         ([], None),
-        ([member("nails/images/a.jpg"), member("nails/labels/a.txt"), member("nails/", mode=stat.S_IFDIR | 0o755)],
-         None),
+        (
+            [member("nails/images/a.jpg"), member("nails/labels/a.txt"), member("nails/", mode=stat.S_IFDIR | 0o755)],
+            None,
+        ),
         ([member("a.jpg", mode=0), member("b.jpg", mode=0o600)], None),  # no Unix file type recorded
         ([member("/etc/passwd")], "absolute path"),
         ([member("C:/Windows/a.jpg")], "absolute path"),
@@ -37,47 +43,83 @@ def member(name: str, size: int = 10, compressed: int | None = None, mode: int =
         ([member("images/link.jpg", mode=stat.S_IFLNK | 0o777)], "link in the zip"),
         ([member("images/fifo", mode=stat.S_IFIFO | 0o644)], "special file"),
         ([member(f"images/{k}.jpg") for k in range(11)], "too many files"),
-        ([member("a.jpg", size=dataset.RATIO_FROM_BYTES + 1)] * 2, "unpacks to more than"),
-        ([member("images/zeros.png", size=dataset.RATIO_FROM_BYTES, compressed=1000)], "zip bomb"),
-        ([member("images/big.png", size=dataset.RATIO_FROM_BYTES, compressed=dataset.RATIO_FROM_BYTES // 2)], None),
+        ([member("a.jpg", size=archives.RATIO_FROM_BYTES + 1)] * 2, "unpacks to more than"),
+        ([member("images/zeros.png", size=archives.RATIO_FROM_BYTES, compressed=1000)], "zip bomb"),
+        ([member("images/big.png", size=archives.RATIO_FROM_BYTES, compressed=archives.RATIO_FROM_BYTES // 2)], None),
+        # Many members just under the per-member size, together a bomb (table row 8 of issue 12).
+        (
+            [member(f"images/{k}.png", size=archives.RATIO_FROM_BYTES - 1, compressed=1000) for k in range(2)],
+            "zip bomb: the zip",
+        ),
     ],
-    ids=["empty", "dataset", "no-mode", "absolute", "drive", "dotdot", "backslash", "symlink", "fifo", "count",
-         "total", "bomb", "big-but-honest"],
-)  # fmt: skip
+    ids=[
+        "empty",
+        "dataset",
+        "no-mode",
+        "absolute",
+        "drive",
+        "dotdot",
+        "backslash",
+        "symlink",
+        "fifo",
+        "count",
+        "total",
+        "bomb",
+        "big-but-honest",
+        "split-bomb",
+    ],
+)
 def test_check_archive(members, reason):
-    limits = {"max_members": 10, "max_total_bytes": 2 * dataset.RATIO_FROM_BYTES}
+    limits = {"max_members": 10, "max_total_bytes": 2 * archives.RATIO_FROM_BYTES}
     if reason is None:
-        dataset.check_archive(members, **limits)
+        archives.check_archive(members, **limits)
     else:
-        with pytest.raises(dataset.UnsafeArchive, match=reason):
-            dataset.check_archive(members, **limits)
+        with pytest.raises(archives.UnsafeArchive, match=reason):
+            archives.check_archive(members, **limits)
 
 
 def test_extract_archive_unwraps_the_top_folder(tmp_path):
     archive = dataset_zip(tmp_path / "d.zip", PHOTOS[:2], wrap="mydata")
-    root = dataset.extract_archive(archive, tmp_path / "out")
-    assert root == tmp_path / "out" / "mydata"
+    root, problems = archives.extract_archive(archive, tmp_path / "out")
+    assert root == tmp_path / "out" / "mydata" and problems == []
     assert sorted(p.name for p in (root / "images").iterdir()) == sorted(p.name for p in PHOTOS[:2])
 
 
 def test_extract_archive_refuses_a_bomb_before_writing(tmp_path):
     (tmp_path / "out").mkdir()
-    with pytest.raises(dataset.UnsafeArchive, match="zip bomb"):
-        dataset.extract_archive(bomb_zip(tmp_path / "bomb.zip", mib=60), tmp_path / "out")
+    with pytest.raises(archives.UnsafeArchive, match="zip bomb"):
+        archives.extract_archive(bomb_zip(tmp_path / "bomb.zip", mib=60), tmp_path / "out")
     assert list((tmp_path / "out").rglob("*")) == []
 
 
 def test_extract_archive_refuses_a_non_zip(tmp_path):
     (tmp_path / "x.zip").write_text("not a zip")
-    with pytest.raises(dataset.UnsafeArchive, match="not a readable zip"):
-        dataset.extract_archive(tmp_path / "x.zip", tmp_path)
+    with pytest.raises(archives.UnsafeArchive, match="not a readable zip"):
+        archives.extract_archive(tmp_path / "x.zip", tmp_path)
+
+
+def test_extract_archive_lists_names_it_cannot_write(tmp_path):
+    with zipfile.ZipFile(tmp_path / "names.zip", "w") as zf:
+        zf.writestr("images/a.jpg", "first")
+        zf.writestr("images/a.jpg", "second, same name")
+        zf.writestr("images\\a.jpg", "third, same name with a backslash")
+        zf.writestr("labels/" + "x" * 300 + ".txt", "too long")
+        zf.writestr("images/a.jpg/inside.txt", "under a file")
+    root, problems = archives.extract_archive(tmp_path / "names.zip", tmp_path / "out")
+    assert (tmp_path / "out" / "images" / "a.jpg").read_text() == "first"
+    reasons = [p for _, p in problems]
+    assert reasons.count("its name clashes with another member of the zip") == 3
+    assert any("longer than 255 bytes" in r for r in reasons)
 
 
 def test_coco_nails_round_trip(tmp_path):
     from nailseg.datasets import convert_dataset
 
-    report = convert_dataset(dataset.extract_archive(dataset_zip(tmp_path / "d.zip", PHOTOS[:3]), tmp_path / "x"),
-                             valid_fraction=0, workers=1)  # fmt: skip
+    report = convert_dataset(
+        archives.extract_archive(dataset_zip(tmp_path / "d.zip", PHOTOS[:3]), tmp_path / "x")[0],
+        valid_fraction=0,
+        workers=1,
+    )
     for image in report.train["images"]:
         nails = dataset.coco_nails(report.train, image)
         anns = [a for a in report.train["annotations"] if a["image_id"] == image["id"]]
@@ -87,33 +129,79 @@ def test_coco_nails_round_trip(tmp_path):
 
 @pytest.mark.parametrize(
     ("args", "expected"),
-    [((0.1, True, 224, "kept"), (0.1, True, 224, False)), ((0, False, 0, "masked out"), (0.0, False, None, True)),
-     ((0.2, False, None, "kept"), (0.2, False, None, False))],
-)  # fmt: skip
+    [
+        ((0.1, True, 224, "kept"), (0.1, True, 224, False)),
+        ((0, False, 0, "masked out"), (0.0, False, None, True)),
+        ((0.2, False, None, "kept"), (0.2, False, None, False)),
+    ],
+)
 def test_crop_options(args, expected):
     opts = segment.crop_options(*args)
     assert (opts.margin, opts.square, opts.size, opts.mask_background) == expected
 
 
-def test_forget_upload_deletes_only_uploads(tmp_path, monkeypatch):
-    monkeypatch.setenv("GRADIO_TEMP_DIR", str(tmp_path / "gradio"))
-    upload, own = tmp_path / "gradio" / "abc" / "photo.jpg", tmp_path / "mine.jpg"
-    upload.parent.mkdir(parents=True)
-    for path in (upload, own):
-        path.write_bytes(b"x")
-    segment.forget_upload(str(upload))
-    segment.forget_upload(str(own))
-    assert not upload.exists() and own.exists()
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        ((float("nan"), True, 224, "kept"), "Margin must be"),
+        ((0.1, True, float("inf"), "kept"), "Output size must be"),
+        ((0.1, True, 10**9, "kept"), "Output size must be"),
+        ((0.1, True, 224, "<img src=x>"), "Background must be"),
+        ((-1, True, 224, "kept"), "Margin must be"),
+    ],
+)
+def test_crop_options_refused(args, message):
+    with pytest.raises(gr.Error, match=message):
+        segment.crop_options(*args)
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), -0.1, 1.5, "x", None])
+def test_threshold_must_be_a_number_in_range(value):
+    with pytest.raises(gr.Error, match="Score threshold must be a number from 0 to 1"):
+        number(value, "Score threshold", 0, 1)
+
+
+def photo(name: str, height: int, width: int, n: int = 0) -> segment.SegmentedPhoto:
+    boxes = np.array([[1, 1, 5, 5]] * n, np.float32).reshape(n, 4)
+    masks = np.zeros((n, height, width), bool)
+    masks[:, 1:5, 1:5] = True
+    nails = Nails(boxes, masks, np.linspace(0.9, 0.6, n, dtype=np.float32))
+    rles = [
+        {"size": r["segmentation"]["size"], "counts": r["segmentation"]["counts"].encode()}
+        for r in nails.to_coco_results(1)
+    ]
+    image = np.zeros((height, width, 3), np.uint8)
+    return segment.SegmentedPhoto(name, name, image, (width, height), boxes, nails.scores, rles, 0.5, 0.01, "test")
 
 
 def test_render_without_nails_says_so():
-    result = segment.Detections("blank", np.zeros((40, 60, 3), np.uint8), Nails.empty(40, 60), 0.5, 0.01, "test")
-    overlay, rows, records, gallery, zip_path, status = segment.render(result, 0.5, segment.crop_options(
-        0.1, True, 224, "kept"))  # fmt: skip
+    overlay, rows, records, gallery, zip_path, status = segment.render(
+        photo("blank", 40, 60), 0.5, segment.crop_options(0.1, True, 224, "kept")
+    )
     assert "No nails found" in status and rows == records == gallery == []
-    assert overlay.shape == (40, 60, 3)
-    assert set(zipfile.ZipFile(zip_path).namelist()) == {"blank_overlay.png", "masks/blank_all.png",
-                                                         "predictions.json"}  # fmt: skip
+    assert np.asarray(Image.open(overlay)).shape == (40, 60, 3)
+    assert set(zipfile.ZipFile(zip_path).namelist()) == {"blank_overlay.png", "masks/blank_all.png", "predictions.json"}
+
+
+def test_kept_photo_decodes_its_nails_by_threshold():
+    kept = photo("p", 30, 20, n=3)
+    assert len(kept.nails(0.0)) == 3 and len(kept.nails(0.7)) == 2 and len(kept.nails(0.95)) == 0
+    assert kept.nails(0.0).masks.sum() == 3 * 16
+
+
+def test_session_store_bounds_bytes_and_time(monkeypatch):
+    store = SessionStore(max_item_bytes=100, max_total_bytes=250, ttl_s=60)
+    a, b = store.put("a", 100), store.put("b", 100)
+    assert store.put("too big", 101) is None
+    assert store.get(a) == "a"  # a is now the most recently used
+    c = store.put("c", 100)  # over 250: the least recently used (b) goes
+    assert store.get(b) is None and store.get(a) == "a" and store.get(c) == "c"
+    assert store.total_bytes == 200
+    assert store.put("a2", 100, key=a) == a and store.get(a) == "a2"  # a visitor's new photo replaces the old
+    now = time.monotonic()
+    monkeypatch.setattr(time, "monotonic", lambda: now + 61)
+    assert store.get(a) is None and len(store) == 0
+    assert store.get(None) is None
 
 
 def test_switch_to_missing_weights_is_an_error(tmp_path):
@@ -125,17 +213,17 @@ def test_switch_to_missing_weights_is_an_error(tmp_path):
 
 
 def test_hub_unreachable_falls_back_to_the_bundled_model_with_a_notice(monkeypatch):
-    from app_support import weights_spec
+    from support import weights_spec
 
-    from nailseg import serving, weights
+    from nailseg import hub, serving
 
-    def offline(spec, filename):
-        raise weights.HubUnreachable(f"cannot reach the Hugging Face Hub for {spec.repo_id}/{filename}")
+    def offline(repo_id, filename, revision=None):
+        raise serving.HubUnreachable(f"cannot reach the Hugging Face Hub for {repo_id}/{filename}")
 
-    monkeypatch.setattr(weights, "_download", offline)  # the network layer only; the model load is real
+    monkeypatch.setattr(hub, "download", offline)  # the network layer only; the model load is real
     monkeypatch.setattr(serving, "BUNDLED_WEIGHTS", Path(weights_spec()))
     store = ModelStore("hf://someone/nails/model.safetensors")
     assert store.current.weights.source == weights_spec()
     assert store.notice.startswith("Hub unreachable") and "using the bundled model" in store.notice
     message = store.switch("hf://someone/nails@v2/model.safetensors")
-    assert "using the bundled model" in message and weights_spec() in message
+    assert "using the bundled model" in message and Path(weights_spec()).name in message

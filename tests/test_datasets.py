@@ -10,6 +10,7 @@ import cv2
 import numpy as np
 import pytest
 from pycocotools.coco import COCO
+from support import DATA as ROBOFLOW
 
 from nailseg import cli
 from nailseg.datasets import (
@@ -21,8 +22,6 @@ from nailseg.datasets import (
     save_report,
     split_samples,
 )
-
-ROBOFLOW = Path(__file__).parent / "data" / "nails-roboflow"
 
 
 def write_image(path: Path, array: np.ndarray) -> Path:
@@ -92,8 +91,11 @@ def test_semantic_mixed_extensions_and_scales(semantic):
     per_image = {n: sum(a["image_id"] == i for a in report.train["annotations"]) for n, i in by_name.items()}
     assert per_image == {"a": 2, "b": 1, "c": 3, "d": 1}  # 0/1 masks convert like 0/255 ones
     assert sorted(i["file_name"] for i in report.train["images"]) == [
-        "Images/1/a.png", "Images/1/b.jpg", "Images/2/c.JPG", "Images/2/d.PNG",
-    ]  # fmt: skip
+        "Images/1/a.png",
+        "Images/1/b.jpg",
+        "Images/2/c.JPG",
+        "Images/2/d.PNG",
+    ]
 
 
 def test_lowercase_folders_accepted(tmp_path):
@@ -360,7 +362,8 @@ def test_every_instance_reaches_mmdet_training_pipeline(tmp_path):
     from mmengine.registry import init_default_scope
 
     import nailseg.model  # noqa: F401 - registers the project's modules
-    from nailseg.train import DEFAULT_CONFIG, build_config
+    from nailseg.paths import DEFAULT_CONFIG
+    from nailseg.train import build_config
 
     root = make_semantic(tmp_path / "ds", MIXED)
     ring_mask = np.zeros((40, 60), np.uint8)

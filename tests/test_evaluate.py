@@ -24,10 +24,22 @@ def _square(x, y, s=10, size=(50, 50)):
 def gt():
     anns = []
     for k, (x, y) in enumerate([(5, 5), (30, 30)], start=1):
-        anns.append({"id": k, "image_id": 1, "category_id": 3, "bbox": [x, y, 10, 10], "area": 100,
-                     "iscrowd": 0, "segmentation": _rle(_square(x, y))})  # fmt: skip
-    return {"images": [{"id": 1, "width": 50, "height": 50, "file_name": "a.png"}], "annotations": anns,
-            "categories": [{"id": 3, "name": "Nail"}]}  # fmt: skip
+        anns.append(
+            {
+                "id": k,
+                "image_id": 1,
+                "category_id": 3,
+                "bbox": [x, y, 10, 10],
+                "area": 100,
+                "iscrowd": 0,
+                "segmentation": _rle(_square(x, y)),
+            }
+        )
+    return {
+        "images": [{"id": 1, "width": 50, "height": 50, "file_name": "a.png"}],
+        "annotations": anns,
+        "categories": [{"id": 3, "name": "Nail"}],
+    }
 
 
 def _det(x, y, score):

@@ -8,22 +8,17 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 from fake_hub import FakeHub
+from support import PHOTOS, AppProcess, free_port, weights_spec
 
 from nailseg.hub import hub_files, model_card
 from nailseg.weights import WeightsError
-
-REPO = Path(__file__).resolve().parent.parent
-PHOTOS = sorted((REPO / "tests" / "data" / "nails-roboflow" / "images").glob("*.jpg"))
-BUNDLED = sorted((REPO / "checkpoints").glob("*.safetensors"))
 
 RESOLVE = """
 import json, sys
@@ -43,17 +38,16 @@ def hub():
     server.stop()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
 def hf_env(tmp_path, hub):
     env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "HUGGING_FACE_", "NAILSEG_"))}
-    env.update(HF_ENDPOINT=hub.url, HF_HOME=str(tmp_path / "hf"), HF_HUB_CACHE=str(tmp_path / "hf" / "hub"),
-               HF_HUB_DISABLE_TELEMETRY="1", HF_HUB_DISABLE_PROGRESS_BARS="1")  # fmt: skip
+    env.update(
+        HF_ENDPOINT=hub.url,
+        HF_HOME=str(tmp_path / "hf"),
+        HF_HUB_CACHE=str(tmp_path / "hf" / "hub"),
+        HF_HUB_DISABLE_TELEMETRY="1",
+        HF_HUB_DISABLE_PROGRESS_BARS="1",
+    )
     return env
 
 
@@ -71,7 +65,7 @@ def test_model_card_names_the_spec_and_metrics():
     assert card.startswith("---\n") and "pipeline_tag: image-segmentation" in card
     assert "NAILSEG_WEIGHTS=hf://me/nails/m.safetensors" in card
     assert "| mask AP | 0.612 |" in card and "| box AP50 | 0.900 |" in card
-    assert "`m.py`" in card
+    assert "`m.json`" in card
 
 
 @pytest.mark.parametrize("metrics", [None, {}, {"loss": 1.0}])
@@ -82,12 +76,12 @@ def test_model_card_without_metrics_has_no_validation_table(metrics):
 def test_hub_files_picks_weights_config_and_card(tmp_path):
     weights = tmp_path / "m.safetensors"
     weights.write_bytes(b"w")
-    with pytest.raises(WeightsError, match=r"config m\.py"):
+    with pytest.raises(WeightsError, match=r"config m\.json"):
         hub_files(weights, "me/nails")
-    (tmp_path / "m.py").write_text("x = 1\n")
+    (tmp_path / "m.json").write_text("{}")
     (tmp_path / "other.py").write_text("y = 2\n")
     names = [name for name, _ in hub_files(weights, "me/nails")]
-    assert names == ["m.safetensors", "m.py", "README.md"]
+    assert names == ["m.safetensors", "m.json", "README.md"]
     generated = dict(hub_files(weights, "me/nails"))["README.md"]
     assert isinstance(generated, bytes) and b"hf://me/nails/m.safetensors" in generated
     (tmp_path / "README.md").write_text("# my card\n")
@@ -104,17 +98,17 @@ def test_hub_files_missing_weights():
 
 @pytest.mark.parametrize(("suffix", "revision"), [("", "main"), ("@v1", "v1")])
 def test_resolve_downloads_into_the_hub_cache(hub, hf_env, suffix, revision):
-    hub.repos["owner/repo"] = {"m.safetensors": b"\x00weights" * 100, "m.py": b"x = 1\n"}
+    hub.repos["owner/repo"] = {"m.safetensors": b"\x00weights" * 100, "m.json": b"{}"}
     got = _resolve(f"hf://owner/repo{suffix}/m.safetensors", hf_env)
     cache = Path(hf_env["HF_HUB_CACHE"])
     assert Path(got["weights"]).is_relative_to(cache / "models--owner--repo" / "snapshots")
     assert Path(got["weights"]).read_bytes() == b"\x00weights" * 100
-    assert Path(got["config"]).read_text() == "x = 1\n"
+    assert Path(got["config"]).read_text() == "{}"
     assert ("GET", f"/owner/repo/resolve/{revision}/m.safetensors") in hub.requests
-    assert ("GET", f"/owner/repo/resolve/{revision}/m.py") in hub.requests
+    assert ("GET", f"/owner/repo/resolve/{revision}/m.json") in hub.requests
 
     # Once cached, an unreachable Hub is no problem.
-    offline = {**hf_env, "HF_ENDPOINT": f"http://127.0.0.1:{_free_port()}"}
+    offline = {**hf_env, "HF_ENDPOINT": f"http://127.0.0.1:{free_port()}"}
     assert _resolve(f"hf://owner/repo{suffix}/m.safetensors", offline)["weights"] == got["weights"]
 
 
@@ -122,12 +116,15 @@ def test_resolve_downloads_into_the_hub_cache(hub, hf_env, suffix, revision):
     ("spec", "message"),
     [
         ("hf://owner/repo/missing.safetensors", "missing.safetensors not found in Hub repo owner/repo"),
-        ("hf://owner/repo/noconfig.safetensors", "noconfig.py not found in Hub repo owner/repo"),
+        ("hf://owner/repo/noconfig.safetensors", "noconfig.json not found in Hub repo owner/repo"),
         ("hf://owner/unknown/m.safetensors", "m.safetensors not found in Hub repo owner/unknown"),
+        # A Python config is code: it is never fetched from the Hub, let alone run.
+        ("hf://owner/pyonly/m.safetensors", "m.json not found in Hub repo owner/pyonly"),
     ],
 )
 def test_missing_files_are_errors_not_fallbacks(hub, hf_env, spec, message):
-    hub.repos["owner/repo"] = {"m.safetensors": b"w", "m.py": b"x = 1\n", "noconfig.safetensors": b"w"}
+    hub.repos["owner/repo"] = {"m.safetensors": b"w", "m.json": b"{}", "noconfig.safetensors": b"w"}
+    hub.repos["owner/pyonly"] = {"m.safetensors": b"w", "m.py": b"import os; os.system('touch /tmp/pwned')\n"}
     got = _resolve(spec, hf_env)
     assert got["error"] == "WeightsError"
     assert message in got["message"]
@@ -135,7 +132,7 @@ def test_missing_files_are_errors_not_fallbacks(hub, hf_env, spec, message):
 
 def test_unreachable_hub_is_hub_unreachable(hf_env):
     """Nothing cached and nothing listening: said at once (huggingface_hub alone retries for ~25 s)."""
-    env = {**hf_env, "HF_ENDPOINT": f"http://127.0.0.1:{_free_port()}"}
+    env = {**hf_env, "HF_ENDPOINT": f"http://127.0.0.1:{free_port()}"}
     start = time.monotonic()
     got = _resolve("hf://owner/repo/m.safetensors", env)
     assert got["error"] == "HubUnreachable", got
@@ -146,49 +143,50 @@ def test_unreachable_hub_is_hub_unreachable(hf_env):
 
 
 @pytest.fixture(scope="module")
-def model_files(tmp_path_factory) -> Path:
-    """The bundled model when it exists; else a randomly initialised export of the default config."""
-    if BUNDLED:
-        return BUNDLED[0]
-    import torch
-    from mmdet.registry import MODELS
-    from mmengine.config import Config
-    from mmengine.registry import init_default_scope
-    from safetensors.torch import save_file
-
-    import nailseg.model  # noqa: F401 - registers the backbone and mask head
-    from nailseg.train import DEFAULT_CONFIG
-
-    torch.manual_seed(0)
-    cfg = Config.fromfile(str(DEFAULT_CONFIG))
-    init_default_scope("mmdet")
-    model = MODELS.build(cfg.model)
-    out = tmp_path_factory.mktemp("random") / "random-nails.safetensors"
-    save_file({k: v.half().contiguous() if v.is_floating_point() else v for k, v in model.state_dict().items()},
-              str(out))  # fmt: skip
-    cfg.dump(str(out.with_suffix(".py")))
-    return out
+def model_files() -> Path:
+    """The bundled model (weights and their JSON config)."""
+    return Path(weights_spec())
 
 
 def test_push_then_predict_from_the_hub(hub, hf_env, model_files, tmp_path):
     repo_id = "me/nails"
-    push = subprocess.run([sys.executable, "-m", "nailseg", "push", "--repo-id", repo_id, "--weights",
-                           str(model_files), "--token", "hf_fake"], env=hf_env, capture_output=True, text=True,
-                          timeout=120)  # fmt: skip
+    push = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "nailseg",
+            "push",
+            "--repo-id",
+            repo_id,
+            "--weights",
+            str(model_files),
+            "--token",
+            "hf_fake",
+        ],
+        env=hf_env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert push.returncode == 0, push.stderr
     answer = json.loads(push.stdout)
     spec = f"hf://{repo_id}/{model_files.name}"
     assert answer["weights"] == spec
     stored = hub.repos[repo_id]
     assert stored[model_files.name] == model_files.read_bytes()
-    assert stored[model_files.with_suffix(".py").name] == model_files.with_suffix(".py").read_bytes()
+    assert stored[model_files.with_suffix(".json").name] == model_files.with_suffix(".json").read_bytes()
     assert "README.md" in stored
     assert ("POST", "/api/repos/create") in hub.requests
 
     out = tmp_path / "out"
     env = {**hf_env, "NAILSEG_WEIGHTS": spec}
-    predict = subprocess.run([sys.executable, "-m", "nailseg", "predict", str(PHOTOS[0]), "--out", str(out)],
-                             env=env, capture_output=True, text=True, timeout=600)  # fmt: skip
+    predict = subprocess.run(
+        [sys.executable, "-m", "nailseg", "predict", str(PHOTOS[0]), "--out", str(out)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert predict.returncode == 0, predict.stderr
     assert ("GET", f"/{repo_id}/resolve/main/{model_files.name}") in hub.requests
     cached = list(Path(hf_env["HF_HUB_CACHE"]).glob(f"models--me--nails/snapshots/*/{model_files.name}"))
@@ -196,17 +194,21 @@ def test_push_then_predict_from_the_hub(hub, hf_env, model_files, tmp_path):
     assert spec in predict.stdout  # predict names the weights it used
     results = json.loads((out / "predictions.json").read_text())
     assert all(r["image_id"] == 1 and len(r["bbox"]) == 4 and "counts" in r["segmentation"] for r in results)
-    if BUNDLED:  # the trained model finds the nails of a hand photo
-        assert len([r for r in results if r["score"] >= 0.5]) >= 1
+    assert len([r for r in results if r["score"] >= 0.5]) >= 1  # the trained model finds the nails
 
 
 def test_push_to_an_unreachable_hub_says_so(hf_env, tmp_path):
     weights = tmp_path / "m.safetensors"
     weights.write_bytes(b"w")
-    weights.with_suffix(".py").write_text("x = 1\n")
-    env = {**hf_env, "HF_ENDPOINT": f"http://127.0.0.1:{_free_port()}"}
-    push = subprocess.run([sys.executable, "-m", "nailseg", "push", "--repo-id", "me/x", "--weights", str(weights)],
-                          env=env, capture_output=True, text=True, timeout=120)  # fmt: skip
+    weights.with_suffix(".json").write_text("{}")
+    env = {**hf_env, "HF_ENDPOINT": f"http://127.0.0.1:{free_port()}"}
+    push = subprocess.run(
+        [sys.executable, "-m", "nailseg", "push", "--repo-id", "me/x", "--weights", str(weights)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert push.returncode == 2
     assert "cannot reach the Hub" in push.stderr and "Traceback" not in push.stderr
 
@@ -219,32 +221,20 @@ def test_app_loads_its_weights_through_the_hub(hub, hf_env, model_files, tmp_pat
     hub.add_folder(repo_id, model_files.parent, f"{model_files.stem}.*")
     hub.add_folder(repo_id, model_files.parent, "README.md")
     spec = f"hf://{repo_id}/{model_files.name}"
-    port = _free_port()
-    env = {**hf_env, "NAILSEG_WEIGHTS": spec, "GRADIO_SERVER_NAME": "127.0.0.1", "GRADIO_SERVER_PORT": str(port),
-           "GRADIO_TEMP_DIR": str(tmp_path / "gradio"), "GRADIO_ANALYTICS_ENABLED": "False",
-           "NAILSEG_WORK_DIRS": str(tmp_path / "work_dirs")}  # fmt: skip
-    with open(tmp_path / "app.log", "w") as log:
-        app = subprocess.Popen([sys.executable, "app.py"], cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+    unset = {k: None for k in [*os.environ, "HF_HUB_OFFLINE"] if k.startswith(("HF_", "HUGGING_FACE_"))}
+    app = AppProcess(tmp_path, extra_env={**unset, **hf_env, "NAILSEG_WEIGHTS": spec})
     try:
-        url = f"http://127.0.0.1:{port}/"
-        deadline = time.monotonic() + 300
-        while time.monotonic() < deadline and app.poll() is None:
-            try:
-                urllib.request.urlopen(url + "gradio_api/info", timeout=5).close()
-                break
-            except OSError:
-                time.sleep(1)
-        assert app.poll() is None, (tmp_path / "app.log").read_text()[-3000:]
+        outputs = Client(app.url, verbose=False).predict(handle_file(str(PHOTOS[0])), 0.5, api_name="/segment")
         assert ("GET", f"/{repo_id}/resolve/main/{model_files.name}") in hub.requests
         cached = list(Path(hf_env["HF_HUB_CACHE"]).glob(f"models--nailseg--served/snapshots/*/{model_files.name}"))
         assert len(cached) == 1
-        threshold = 0.5 if BUNDLED else 0.05  # random weights score low, but they do detect
-        outputs = Client(url, verbose=False).predict(handle_file(str(PHOTOS[0])), threshold, api_name="/segment")
         assert any(spec in str(out) for out in outputs), outputs  # the weights in use are shown
-        per_nail = [out for out in outputs if isinstance(out, list) and out and isinstance(out[0], dict)
-                    and "box_xyxy" in out[0]]  # fmt: skip
+        per_nail = [
+            out
+            for out in outputs
+            if isinstance(out, list) and out and isinstance(out[0], dict) and "box_xyxy" in out[0]
+        ]
         assert len(per_nail) == 1, outputs
         assert [n["number"] for n in per_nail[0]] == list(range(1, len(per_nail[0]) + 1))
     finally:
-        app.terminate()
-        app.wait(30)
+        app.stop()

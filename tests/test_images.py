@@ -75,8 +75,9 @@ def test_huge_photo_is_refused_before_decoding():
         load_image_rgb(big)
 
 
-@pytest.mark.parametrize(("shape", "expected"), [((100, 50, 3), (100, 50, 3)), ((4096, 1024, 3), (2048, 512, 3)),
-                                                 ((10, 5000), (4, 2048))])  # fmt: skip
+@pytest.mark.parametrize(
+    ("shape", "expected"), [((100, 50, 3), (100, 50, 3)), ((4096, 1024, 3), (2048, 512, 3)), ((10, 5000), (4, 2048))]
+)
 def test_fit_within(shape, expected):
     image, scale = fit_within(np.zeros(shape, np.uint8), 2048)
     assert image.shape == expected

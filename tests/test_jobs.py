@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
+from support import DATA as TINY_DATA
 
 from nailseg.jobs import (
     EXIT_NAME,
@@ -25,9 +26,6 @@ from nailseg.jobs import (
     parse_scalars,
     tail_lines,
 )
-
-REPO = Path(__file__).resolve().parent.parent
-TINY_DATA = REPO / "tests" / "data" / "nails-roboflow"
 
 ITER_LOG = """\
 2026/11/26 07:04:46 - mmengine - INFO - Checkpoints will be saved to /w.
@@ -73,7 +71,11 @@ def test_parse_progress(text, max_epochs, expected):
 @pytest.mark.parametrize(
     ("text", "expected"),
     [
-        ("model = dict(\n    train_cfg=dict(rpn=dict()))\ntrain_cfg = dict(max_iters=1800, type='IterBasedTrainLoop', val_interval=1800)\n", (1800, None)),  # noqa: E501
+        (
+            "model = dict(\n    train_cfg=dict(rpn=dict()))\n"
+            "train_cfg = dict(max_iters=1800, type='IterBasedTrainLoop', val_interval=1800)\n",
+            (1800, None),
+        ),
         ("train_cfg = dict(max_epochs=12, type='EpochBasedTrainLoop', val_interval=1)\n", (None, 12)),
         ("model = dict(train_cfg=dict(max_iters=5))\n", (None, None)),  # only the nested one
         ("", (None, None)),
@@ -112,10 +114,24 @@ def test_tail_lines_collapses_progress_bars():
 def test_request_argv_carries_only_what_was_set():
     bare = TrainRequest(data="/d", work_dir="/w").argv(python="py")
     assert bare == ["py", "-m", "nailseg", "train", "--data", "/d", "--work-dir", "/w"]
-    full = TrainRequest(data="/d", work_dir="/w", config="c.py", epochs=3, batch_size=2, lr=0.02,
-                        cfg_options=("a.b=1",)).argv(python="py")  # fmt: skip
-    assert full[4:] == ["c.py", "--data", "/d", "--work-dir", "/w", "--epochs", "3", "--batch-size", "2",
-                        "--lr", "0.02", "--cfg-options", "a.b=1"]  # fmt: skip
+    full = TrainRequest(
+        data="/d", work_dir="/w", config="c.py", epochs=3, batch_size=2, lr=0.02, cfg_options=("a.b=1",)
+    ).argv(python="py")
+    assert full[4:] == [
+        "c.py",
+        "--data",
+        "/d",
+        "--work-dir",
+        "/w",
+        "--epochs",
+        "3",
+        "--batch-size",
+        "2",
+        "--lr",
+        "0.02",
+        "--cfg-options",
+        "a.b=1",
+    ]
 
 
 def test_newest_checkpoint_prefers_last_checkpoint(tmp_path):
@@ -150,8 +166,23 @@ def test_status_of_a_recorded_job_from_its_files(tmp_path):
 @pytest.fixture(scope="module")
 def tiny_data(tmp_path_factory):
     out = tmp_path_factory.mktemp("tiny")
-    subprocess.run([sys.executable, "-m", "nailseg", "convert", str(TINY_DATA), "--out", str(out),
-                    "--valid-fraction", "0.34", "--workers", "1"], check=True, capture_output=True)  # fmt: skip
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "nailseg",
+            "convert",
+            str(TINY_DATA),
+            "--out",
+            str(out),
+            "--valid-fraction",
+            "0.34",
+            "--workers",
+            "1",
+        ],
+        check=True,
+        capture_output=True,
+    )
     return out
 
 
@@ -169,10 +200,15 @@ def _wait(jobs: TrainingJobs, until, timeout: float) -> JobStatus:
 def test_real_training_runs_to_the_end(tiny_data, tmp_path):
     """4 iterations at batch 2 on 4 photos, validation and checkpoints at 2 and 4 (~1 min on 2 cores)."""
     jobs = TrainingJobs(tmp_path)
-    options = ("train_cfg.max_iters=4", "train_cfg.val_interval=4", "default_hooks.checkpoint.interval=2",
-               "default_hooks.logger.interval=1")  # fmt: skip
-    started = jobs.start(TrainRequest(data=str(tiny_data), work_dir=str(tmp_path / "run"), batch_size=2,
-                                      cfg_options=options))  # fmt: skip
+    options = (
+        "train_cfg.max_iters=4",
+        "train_cfg.val_interval=4",
+        "default_hooks.checkpoint.interval=2",
+        "default_hooks.logger.interval=1",
+    )
+    started = jobs.start(
+        TrainRequest(data=str(tiny_data), work_dir=str(tmp_path / "run"), batch_size=2, cfg_options=options)
+    )
     assert started.state == "running"
     with pytest.raises(JobError, match="already running"):
         jobs.start(TrainRequest(data=str(tiny_data), work_dir=str(tmp_path / "other")))
@@ -194,8 +230,14 @@ def test_real_training_runs_to_the_end(tiny_data, tmp_path):
 @pytest.mark.slow
 def test_stop_kills_the_whole_process_group(tiny_data, tmp_path):
     jobs = TrainingJobs(tmp_path)
-    jobs.start(TrainRequest(data=str(tiny_data), work_dir=str(tmp_path / "run"), batch_size=2,
-                            cfg_options=("train_cfg.max_iters=1000", "default_hooks.logger.interval=1")))  # fmt: skip
+    jobs.start(
+        TrainRequest(
+            data=str(tiny_data),
+            work_dir=str(tmp_path / "run"),
+            batch_size=2,
+            cfg_options=("train_cfg.max_iters=1000", "default_hooks.logger.interval=1"),
+        )
+    )
     running = _wait(jobs, lambda s: s.iter >= 1 or not s.running, timeout=300)
     assert running.state == "running", running.log_tail
     stopped = TrainingJobs(tmp_path).stop(timeout=20)  # stopped from another runner (a reloaded page)

@@ -8,8 +8,9 @@ import sys
 from pathlib import Path
 
 import numpy as np
-from conftest import label_masks
 from PIL import Image
+from support import DATA as TINY_DATA
+from support import label_masks
 
 from nailseg.images import load_image_rgb
 from nailseg.weights import load_state_dict, resolve_weights
@@ -80,8 +81,22 @@ def test_predict_cli(photos, tmp_path):
     out = tmp_path / "out"
     bad = tmp_path / "broken.jpg"
     bad.write_bytes(b"not a photo")
-    run = subprocess.run([sys.executable, "-m", "nailseg", "predict", *map(str, photos[:2]), str(bad),
-                          "--out", str(out), "--score-thr", "0.5"], capture_output=True, text=True)  # fmt: skip
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "nailseg",
+            "predict",
+            *map(str, photos[:2]),
+            str(bad),
+            "--out",
+            str(out),
+            "--score-thr",
+            "0.5",
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert run.returncode == 0, run.stderr
     assert "broken.jpg" in run.stderr
     results = json.loads((out / "predictions.json").read_text())
@@ -97,11 +112,24 @@ def test_predict_cli(photos, tmp_path):
 def test_evaluate_cli_on_labelled_photos(tmp_path):
     from nailseg.datasets import convert_dataset, save_report
 
-    save_report(convert_dataset(Path(__file__).parent / "data" / "nails-roboflow", valid_fraction=0), tmp_path)
+    save_report(convert_dataset(TINY_DATA, valid_fraction=0), tmp_path)
     dump = tmp_path / "dump.json"
-    run = subprocess.run([sys.executable, "-m", "nailseg", "evaluate", "--ann-file", str(tmp_path / "train.json"),
-                          "--img-dir", str(Path(__file__).parent / "data" / "nails-roboflow"), "--dump", str(dump)],
-                         capture_output=True, text=True)  # fmt: skip
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "nailseg",
+            "evaluate",
+            "--ann-file",
+            str(tmp_path / "train.json"),
+            "--img-dir",
+            str(TINY_DATA),
+            "--dump",
+            str(dump),
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert run.returncode == 0, run.stderr
     scores = json.loads(run.stdout.strip().splitlines()[-1])
     assert scores["segm"]["AP50"] >= 0.8 and scores["bbox"]["AP50"] >= 0.8, scores

@@ -8,10 +8,11 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import ROBOFLOW
+from support import DATA as ROBOFLOW
 
 from nailseg.datasets import convert_dataset, save_report
-from nailseg.train import CONFIG_DIR, DEFAULT_CONFIG, build_config
+from nailseg.paths import CONFIG_DIR, DEFAULT_CONFIG
+from nailseg.train import build_config
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +47,7 @@ def test_epochs_become_iterations_and_stretch_the_schedule(tiny):
 def test_seed_config_epoch_schedule_and_offline_download(tiny, monkeypatch):
     import nailseg.train as train_module
 
-    monkeypatch.setattr(train_module, "_reachable", lambda url, timeout=3.0: False)
+    monkeypatch.setattr(train_module, "reachable", lambda url, timeout=3.0: False)
     with pytest.warns(UserWarning, match="cannot reach"):
         cfg = build_config(CONFIG_DIR / "mask-rcnn_r50-caffe_fpn_ms_nails.py", tiny, epochs=6)
     assert cfg.load_from is None and cfg.model.backbone.init_cfg is None
@@ -68,17 +69,35 @@ def test_missing_data_is_explained(tmp_path, files, error):
         build_config(DEFAULT_CONFIG, tmp_path)
 
 
+@pytest.mark.slow
 def test_train_checkpoints_and_resumes(tiny, tmp_path):
     """Two iterations, then --resume to four: the second run starts where the first stopped."""
     work = tmp_path / "wd"
-    base = [sys.executable, "-m", "nailseg", "train", "--data", str(tiny), "--work-dir", str(work), "--batch-size", "2",
-            "--cfg-options", "default_hooks.checkpoint.interval=2", "default_hooks.logger.interval=1"]  # fmt: skip
-    first = subprocess.run([*base[:-2], "train_cfg.max_iters=2", "train_cfg.val_interval=2", *base[-2:]],
-                           capture_output=True, text=True)  # fmt: skip
+    base = [
+        sys.executable,
+        "-m",
+        "nailseg",
+        "train",
+        "--data",
+        str(tiny),
+        "--work-dir",
+        str(work),
+        "--batch-size",
+        "2",
+        "--cfg-options",
+        "default_hooks.checkpoint.interval=2",
+        "default_hooks.logger.interval=1",
+    ]
+    first = subprocess.run(
+        [*base[:-2], "train_cfg.max_iters=2", "train_cfg.val_interval=2", *base[-2:]], capture_output=True, text=True
+    )
     assert first.returncode == 0, first.stderr[-3000:]
     assert (work / "iter_2.pth").is_file()
-    second = subprocess.run([*base[:-2], "train_cfg.max_iters=4", "train_cfg.val_interval=4", *base[-2:], "--resume"],
-                            capture_output=True, text=True)  # fmt: skip
+    second = subprocess.run(
+        [*base[:-2], "train_cfg.max_iters=4", "train_cfg.val_interval=4", *base[-2:], "--resume"],
+        capture_output=True,
+        text=True,
+    )
     assert second.returncode == 0, second.stderr[-3000:]
     log = second.stdout + second.stderr
     assert "resumed" in log.lower() or "Load checkpoint" in log
@@ -86,10 +105,21 @@ def test_train_checkpoints_and_resumes(tiny, tmp_path):
     assert (work / "iter_4.pth").is_file()
     assert "coco/segm_mAP" in log  # validation AP is logged
     # A second stage (its own --work-dir: the last one given wins) starts from that run's full
-    # checkpoint, which is mmengine's and not weights-only.
-    stage2 = subprocess.run([*base[:-2], "train_cfg.max_iters=1", "train_cfg.val_interval=2",
-                             f"load_from={work / 'iter_4.pth'}", *base[-2:], "--work-dir", str(tmp_path / "ft")],
-                            capture_output=True, text=True)  # fmt: skip
+    # checkpoint, read weights-only (mmengine's data types named in nailseg.weights).
+    stage2 = subprocess.run(
+        [
+            *base[:-2],
+            "train_cfg.max_iters=1",
+            "train_cfg.val_interval=2",
+            *base[-2:],
+            "--load-from",
+            str(work / "iter_4.pth"),
+            "--work-dir",
+            str(tmp_path / "ft"),
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert stage2.returncode == 0, stage2.stderr[-3000:]
     assert f"Load checkpoint from {work / 'iter_4.pth'}" in stage2.stdout + stage2.stderr
 
@@ -100,11 +130,55 @@ def test_load_from_exported_weights_becomes_weights_only(tmp_path):
     from nailseg.train import _loadable
     from nailseg.weights import BUNDLED_WEIGHTS, load_state_dict
 
-    converted, own_checkpoint = _loadable(str(BUNDLED_WEIGHTS), tmp_path)
+    converted = _loadable(str(BUNDLED_WEIGHTS), tmp_path)
     state = torch.load(converted, weights_only=True)["state_dict"]
     assert state.keys() == load_state_dict(BUNDLED_WEIGHTS).keys()
-    assert not own_checkpoint  # no pickle to trust
     url = "https://download.openmmlab.com/some/model.pth"
-    assert _loadable(url, tmp_path) == (url, False)  # a download is never trusted with pickle
+    assert _loadable(url, tmp_path) == url
     with pytest.raises(FileNotFoundError, match="load_from"):
         _loadable(str(tmp_path / "missing.pth"), tmp_path)
+
+
+class Boom:
+    """What a hostile pickle carries: unpickling it would run os.system."""
+
+    def __reduce__(self):
+        import os
+
+        return (os.system, ("touch /tmp/nailseg-pwned",))
+
+
+@pytest.mark.slow
+def test_a_pickle_with_code_is_never_unpickled(tmp_path):
+    """Resume and load_from read checkpoints weights-only: a pickle with code in it is refused."""
+    import torch
+
+    evil = tmp_path / "evil.pth"
+    torch.save({"state_dict": {}, "meta": Boom()}, evil)
+    marker = Path("/tmp/nailseg-pwned")
+    marker.unlink(missing_ok=True)
+    from nailseg.weights import WeightsError, load_checkpoint
+
+    with pytest.raises(WeightsError, match="not a weights-only mmengine checkpoint"):
+        load_checkpoint(evil)
+    save_report(convert_dataset(ROBOFLOW, valid_fraction=0), tmp_path / "data")
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "nailseg",
+            "train",
+            "--data",
+            str(tmp_path / "data"),
+            "--work-dir",
+            str(tmp_path / "w"),
+            "--load-from",
+            str(evil),
+            "--cfg-options",
+            "train_cfg.max_iters=1",
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert run.returncode != 0 and "Weights only load failed" in run.stderr
+    assert not marker.exists()

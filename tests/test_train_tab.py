@@ -6,23 +6,42 @@ import os
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import gradio as gr
 import pytest
+from support import DATA as TINY_DATA
 
 import nailseg.serving
 from nailseg.jobs import JobStatus, TrainingJobs
 from nailseg.tabs import train as tab
 
-REPO = Path(__file__).resolve().parent.parent
-TINY_DATA = REPO / "tests" / "data" / "nails-roboflow"
+OWNER = {"request": None, "profile": None}  # a private server: whoever opens the page is its owner
 
-RUNNING = JobStatus(state="running", work_dir="/w/run", iter=20, max_iters=80, eta_s=3725.0,
-                    losses=[(10, 2.5), (20, 2.0)], log_tail=["a", "b"])  # fmt: skip
-FINISHED = JobStatus(state="finished", work_dir="/w/run", returncode=0, iter=80, max_iters=80,
-                     metrics={"coco/bbox_mAP": 0.5, "coco/segm_mAP": 0.4567},
-                     checkpoint="/w/run/iter_80.pth")  # fmt: skip
+
+@pytest.fixture(autouse=True)
+def private_server(monkeypatch):
+    for var in ("SPACE_ID", "GRADIO_SERVER_NAME", "NAILSEG_AUTH", "OAUTH_CLIENT_ID"):
+        monkeypatch.delenv(var, raising=False)
+
+
+RUNNING = JobStatus(
+    state="running",
+    work_dir="/w/run",
+    iter=20,
+    max_iters=80,
+    eta_s=3725.0,
+    losses=[(10, 2.5), (20, 2.0)],
+    log_tail=["a", "b"],
+)
+FINISHED = JobStatus(
+    state="finished",
+    work_dir="/w/run",
+    returncode=0,
+    iter=80,
+    max_iters=80,
+    metrics={"coco/bbox_mAP": 0.5, "coco/segm_mAP": 0.4567},
+    checkpoint="/w/run/iter_80.pth",
+)
 
 
 @pytest.mark.parametrize(
@@ -63,33 +82,69 @@ def test_data_choices_lists_converted_folders_newest_first(tmp_path):
         os.utime(tmp_path / name / "train.json", (1000 + i, 1000 + i))
         os.utime(tmp_path / name, (1000 + i, 1000 + i))
     (tmp_path / "not-converted").mkdir()
-    assert tab.data_choices((tmp_path, tmp_path / "absent")) == [str(tmp_path / "new"), str(tmp_path / "old")]
-    assert tab.data_choices(()) == []
+    found = tab.data_choices((tmp_path, tmp_path / "absent"))
+    assert list(found) == ["new", "old"] and found["new"] == tmp_path / "new"
+    assert tab.data_choices(()) == {}
 
 
 @pytest.mark.parametrize(
-    ("data", "overrides", "message"),
+    ("text", "expected"),
     [
-        ("", "", "no train.json"),
-        ("/nonexistent", "", "no train.json"),
-        (str(TINY_DATA), "", "no train.json"),  # a dataset not converted yet
-        ("CONVERTED", "train_cfg.max_iters", "KEY=VALUE"),
-        ("CONVERTED", "a='unclosed", "config overrides"),
+        ("", ()),
+        (
+            "train_cfg.max_iters=100 optim_wrapper.optimizer.lr=0.005",
+            ("train_cfg.max_iters=100", "optim_wrapper.optimizer.lr=0.005"),
+        ),
+        ("train_cfg.max_iters=1e2", ("train_cfg.max_iters=100",)),
     ],
 )
-def test_start_refuses_bad_input(tmp_path, monkeypatch, data, overrides, message):
-    monkeypatch.setattr(tab, "JOBS", TrainingJobs(tmp_path / "jobs"))
-    (tmp_path / "train.json").write_text("{}")
-    data = str(tmp_path) if data == "CONVERTED" else data
+def test_overrides_allowed(text, expected):
+    assert tab.parse_overrides(text) == expected
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("train_cfg.max_iters", "KEY=VALUE"),
+        ("a='unclosed", "Config overrides"),
+        ("load_from=/tmp/evil.pth", "KEY=VALUE with KEY one of"),  # a path: never from the form
+        ("custom_imports.imports=['os']", "KEY=VALUE with KEY one of"),
+        ("work_dir=/etc", "KEY=VALUE with KEY one of"),
+        ("train_cfg.max_iters=-5", "from 1 to"),
+        ("train_cfg.max_iters=nan", "from 1 to"),
+        ("train_cfg.max_iters=2.5", "whole number"),
+        ("optim_wrapper.optimizer.lr=__import__('os')", "from 1e-07 to 1"),
+    ],
+)
+def test_overrides_refused(text, message):
     with pytest.raises(gr.Error, match=message):
-        tab.start(next(iter(tab.CONFIGS)), data, None, 2, None, overrides)
+        tab.parse_overrides(text)
+
+
+@pytest.mark.parametrize(
+    ("data", "start_from", "message"),
+    [
+        ("", None, "Pick a converted dataset"),
+        ("/nonexistent", None, "Pick a converted dataset"),
+        (str(TINY_DATA), None, "Pick a converted dataset"),  # a path is never taken from the form
+        ("CONVERTED", "/tmp/evil.pth", "Pick the weights to start from"),
+    ],
+)
+def test_start_refuses_bad_input(tmp_path, monkeypatch, data, start_from, message):
+    monkeypatch.setattr(tab, "JOBS", TrainingJobs(tmp_path / "jobs"))
+    monkeypatch.setattr(tab, "data_roots", lambda: (tmp_path / "converted",))
+    (tmp_path / "converted" / "mine").mkdir(parents=True)
+    (tmp_path / "converted" / "mine" / "train.json").write_text("{}")
+    data = "mine" if data == "CONVERTED" else data
+    with pytest.raises(gr.Error, match=message):
+        tab.start(next(iter(tab.CONFIGS)), data, start_from, None, 2, None, "", **OWNER)
     assert tab.JOBS.status().state == "idle"
 
 
 def test_export_refuses_without_a_finished_run():
-    with pytest.raises(gr.Error, match="no finished training"):
+    with pytest.raises(gr.Error, match="No finished training"):
         tab.export_checkpoint(JobStatus())
-    with pytest.raises(gr.Error, match="no finished training"):
+    with pytest.raises(gr.Error, match="No finished training"):
         tab.export_checkpoint(RUNNING)
 
 
@@ -99,16 +154,34 @@ def test_train_export_and_use_through_the_tab(tmp_path, monkeypatch):
     from nailseg.images import load_image_rgb
 
     data = tmp_path / "tiny"
-    subprocess.run([sys.executable, "-m", "nailseg", "convert", str(TINY_DATA), "--out", str(data),
-                    "--valid-fraction", "0.34", "--workers", "1"], check=True, capture_output=True)  # fmt: skip
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "nailseg",
+            "convert",
+            str(TINY_DATA),
+            "--out",
+            str(data),
+            "--valid-fraction",
+            "0.34",
+            "--workers",
+            "1",
+        ],
+        check=True,
+        capture_output=True,
+    )
     monkeypatch.setattr(tab, "JOBS", TrainingJobs(tmp_path / "jobs"))
-    monkeypatch.setattr(nailseg.serving, "STORE", nailseg.serving.ModelStore())
-    view = tab.start(next(iter(tab.CONFIGS)), str(data), 1, 2, None, "default_hooks.logger.interval=1")
+    monkeypatch.setattr(tab, "STORE", nailseg.serving.ModelStore())
+    monkeypatch.setattr(tab, "data_roots", lambda: (tmp_path,))
+    view = tab.start(
+        next(iter(tab.CONFIGS)), "tiny", tab.FROM_BUNDLED, 1, 2, None, "default_hooks.logger.interval=1", **OWNER
+    )
     assert "running" in view[0]
     deadline = time.monotonic() + 600
     while tab.JOBS.status().running and time.monotonic() < deadline:
         time.sleep(2)
-    progress, summary, curve, log, start_btn, stop_btn, finished = tab.poll()
+    progress, summary, curve, log, start_btn, stop_btn, finished = tab.poll(**OWNER)
     assert "finished: iteration 2 / 2" in progress, log
     assert "Validation AP" in summary
     assert list(curve["iter"]) == [1, 2]
@@ -116,12 +189,16 @@ def test_train_export_and_use_through_the_tab(tmp_path, monkeypatch):
 
     import zipfile
 
-    archive = tab.download()
-    assert sorted(zipfile.ZipFile(archive).namelist()) == ["mask-rcnn_effilite0_fpn-128_nails.py",
-                                                           "mask-rcnn_effilite0_fpn-128_nails.safetensors"]  # fmt: skip
-    message = tab.use_model()
-    assert "export/mask-rcnn_effilite0_fpn-128_nails.safetensors" in message
-    model = nailseg.serving.STORE.current
+    assert "--load-from" in tab.JOBS.status().argv  # it started from the bundled model
+    archive = tab.download(**OWNER)
+    assert sorted(zipfile.ZipFile(archive).namelist()) == [
+        "mask-rcnn_effilite0_fpn-128_nails.json",
+        "mask-rcnn_effilite0_fpn-128_nails.safetensors",
+    ]
+    assert any(label.startswith("run ") for label in tab.start_choices())  # the next run may start from it
+    message = tab.use_model(**OWNER)
+    assert "mask-rcnn_effilite0_fpn-128_nails.safetensors" in message
+    model = tab.STORE.current
     assert model.weights.source.endswith("export/mask-rcnn_effilite0_fpn-128_nails.safetensors")
     photo = load_image_rgb(sorted((TINY_DATA / "images").glob("*.jpg"))[0])
     nails = model.predict(photo, 0.0)

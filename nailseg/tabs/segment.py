@@ -1,67 +1,83 @@
 """Segment tab: one photo (or several) in; overlay, per-nail table, crops and a zip out.
 
-The model runs once per photo (``segment`` event); raising the score threshold or changing the
-crop options redraws from the session's cached detections (``render`` event) without rerunning it
-(lowering the threshold reruns it: only nails above the threshold are kept, as full-size masks
-of a 50 MP photo are 50 MB each). Uploads are deleted as soon as they are decoded; the decoded
-photo stays in the session.
+The model runs once per photo (``segment``). Raising the score threshold or changing the crop
+options redraws from the visitor's kept result (``render``) without a model run; lowering it below
+the threshold the photo was segmented at runs the model again on the kept photo. The app works on
+photos shrunk to ``WORK_SIDE`` (what the model sees anyway); ``nailseg predict`` keeps the full
+resolution. What a visitor's session keeps is bounded (see :data:`nailseg.serving.SESSIONS`).
 """
 
 from __future__ import annotations
 
-import json
 import time
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import gradio as gr
 import numpy as np
-from gradio.utils import get_upload_folder
 
-from nailseg import draw
-from nailseg.images import ImageError, fit_within, load_image_rgb
-from nailseg.outputs import save_nail_files, unique_stems
+from nailseg import access, draw, outputs
+from nailseg.files import safe_stem, unique_stems, write_zip
+from nailseg.images import ImageError, exif_size, load_image_rgb
+from nailseg.inference import DEFAULT_SCORE_THR, MAX_INFERENCE_SIDE
 from nailseg.result import Nails
-from nailseg.serving import STORE, describe, scratch_dir
+from nailseg.serving import SESSIONS, STORE, Upload, code, number, scratch_dir, weights_name
 from nailseg.weights import WeightsError
 
 TABLE_HEADERS = ["number", "score", "box_xyxy", "area"]
-DISPLAY_SIDE = 2048  # the overlay shown in the page is at most this; the zip holds it at full size
+WORK_SIDE = MAX_INFERENCE_SIDE  # the model sees at most this; so do the overlay, crops and zip here
 BACKGROUNDS = ["kept", "masked out"]
-_EXAMPLE_NAMES: set[str] = set()  # Gradio's cached copies of the examples are reused: keep them
+CROPS = draw.CropOptions(margin=0.1, square=True, size=224)  # the tab's defaults: classifier-ready
+MAX_CROP_SIZE = 2048
+MAX_BATCH = 50
 
 
 @dataclass(frozen=True)
-class Detections:
-    """One segmented photo, kept in the session so redraws need no model run.
+class SegmentedPhoto:
+    """A visitor's segmented photo, kept for redraws: the working-size photo and its nails as RLE.
 
     Attributes:
-        name: file stem of the photo (names the zip and its files).
-        image_rgb: ``(H, W, 3) uint8`` RGB photo, EXIF rotation applied.
-        nails: the model's detections scoring at least ``floor``.
-        floor: the score threshold ``nails`` were kept at.
-        seconds: model time, in seconds.
-        weights: where the weights came from.
-        notice: what the UI must say about those weights (e.g. the Hub was unreachable), or "".
-        upload: path of the upload it came from (deleted once decoded).
+        name: the photo's file name as the visitor gave it.
+        stem: a safe stem for the files written for it.
+        image_rgb: ``(h, w, 3) uint8`` RGB, EXIF rotation applied, shrunk to ``WORK_SIDE``.
+        original_size: ``(width, height)`` of the photo as uploaded.
+        boxes_xyxy, scores, rles: the model's nails scoring at least ``floor`` (masks as COCO RLE).
+        seconds: model time; weights, notice: where the weights came from, and what to say about them.
     """
 
     name: str
+    stem: str
     image_rgb: np.ndarray
-    nails: Nails
+    original_size: tuple[int, int]
+    boxes_xyxy: np.ndarray
+    scores: np.ndarray
+    rles: list[dict]
     floor: float
     seconds: float
     weights: str
     notice: str = ""
-    upload: str = ""
+
+    @property
+    def nbytes(self) -> int:
+        return self.image_rgb.nbytes + sum(len(r["counts"]) for r in self.rles) + 64 * len(self.rles)
+
+    def nails(self, score_thr: float) -> Nails:
+        """The kept nails scoring at least ``score_thr``, with their masks decoded."""
+        from pycocotools import mask as mask_utils
+
+        keep = np.flatnonzero(self.scores >= score_thr)
+        height, width = self.image_rgb.shape[:2]
+        if not len(keep):
+            return Nails.empty(height, width)
+        masks = mask_utils.decode([self.rles[i] for i in keep]).astype(bool).transpose(2, 0, 1)
+        return Nails(self.boxes_xyxy[keep], masks, self.scores[keep])
 
 
 def photo_input(**kwargs) -> gr.Image:
-    """A ``gr.Image`` whose handler receives the uploaded file's path, undecoded.
+    """A ``gr.Image`` whose handler receives an :class:`~nailseg.serving.Upload`, undecoded.
 
     ``gr.Image`` opens the file with PIL before the handler runs, so a file that is not an image
-    fails with a bare traceback; here :func:`read_upload` decodes it and says what is wrong.
+    fails with a bare traceback; here :func:`read_photo` decodes it and says what is wrong.
     (An instance override, not a subclass: Gradio writes a ``.pyi`` beside subclasses' modules.)
     """
     image = gr.Image(type="filepath", **kwargs)
@@ -69,185 +85,220 @@ def photo_input(**kwargs) -> gr.Image:
 
     def undecoded(payload):
         if payload is None or payload.path is None or (payload.url or "").startswith("data:"):
-            return decode(payload)  # webcam and clipboard data URLs: Gradio writes them to a file
-        return str(payload.path)
+            path = decode(payload)  # webcam and clipboard data URLs: Gradio writes them to a file
+            return Upload(path, "photo.png") if path else None
+        return Upload(str(payload.path), payload.orig_name or Path(payload.path).name)
 
     image.preprocess = undecoded
     return image
 
 
-def crop_options(margin: float, square: bool, size: float | None, background: str) -> draw.CropOptions:
+def crop_options(margin, square, size, background) -> draw.CropOptions:
     """The UI's crop fields as :class:`~nailseg.draw.CropOptions` (size 0 or empty: keep pixels)."""
-    return draw.CropOptions(float(margin), bool(square), int(size) if size else None, background == "masked out")
+    if background not in BACKGROUNDS:
+        raise gr.Error(f"Background must be one of {', '.join(BACKGROUNDS)}.")
+    size = int(number(size or 0, "Output size", 0, MAX_CROP_SIZE))
+    return draw.CropOptions(number(margin, "Margin", 0, 1), bool(square), size or None, background == "masked out")
 
 
-def read_upload(path: str, previous: Detections | None = None) -> np.ndarray:
-    """Decode an upload into ``(H, W, 3) uint8 RGB`` and delete it if it is in Gradio's upload folder.
+def read_photo(upload: Upload) -> tuple[np.ndarray, tuple[int, int]]:
+    """Decode an upload at working size; returns ``(image_rgb, (width, height) as uploaded)``.
 
     Raises:
-        gr.Error: the file is not a usable photo (the message says why).
+        gr.Error: the file is not a usable photo; the message names it as the visitor did.
     """
-    if previous is not None and previous.upload == path and not Path(path).exists():
-        return previous.image_rgb  # same photo again; its upload was already deleted
     try:
-        return load_image_rgb(path)
-    except FileNotFoundError as err:
-        raise gr.Error("The photo is no longer on the server (uploads are deleted after use): add it again.") from err
+        return load_image_rgb(upload.path, max_side=WORK_SIDE), exif_size(upload.path)
     except ImageError as err:
-        raise gr.Error(f"Cannot use this file: {err}.") from err
-    finally:
-        forget_upload(path)
+        raise gr.Error(f"Cannot use {code(upload.name)}: {err}.") from None
 
 
-def forget_upload(path: str) -> None:
-    """Delete an uploaded file: only one inside Gradio's upload folder, never an example photo."""
-    file = Path(path).resolve()
-    if file.is_relative_to(Path(get_upload_folder()).resolve()) and file.name not in _EXAMPLE_NAMES:
-        file.unlink(missing_ok=True)
-
-
-def detect(name: str, image_rgb: np.ndarray, score_thr: float, upload: str = "") -> Detections:
-    """Run the model in use on one ``(H, W, 3) uint8 RGB`` photo, keeping nails scoring ``score_thr`` or more."""
-    model = STORE.current
+def detect(
+    name: str, stem: str, image_rgb: np.ndarray, original_size: tuple[int, int], score_thr: float
+) -> SegmentedPhoto:
+    """Run the model in use on a working-size photo, keeping nails scoring ``score_thr`` or more."""
+    try:
+        model = STORE.current
+    except WeightsError as err:
+        raise gr.Error(str(err)) from None
     start = time.perf_counter()
     nails = model.predict(image_rgb, score_thr)
     seconds = time.perf_counter() - start
-    return Detections(name, image_rgb, nails, score_thr, seconds, model.weights.source, STORE.notice, upload)
+    rles = [
+        {"size": r["segmentation"]["size"], "counts": r["segmentation"]["counts"].encode()}
+        for r in nails.to_coco_results(1)
+    ]
+    return SegmentedPhoto(
+        name,
+        stem,
+        image_rgb,
+        original_size,
+        nails.boxes_xyxy,
+        nails.scores,
+        rles,
+        score_thr,
+        seconds,
+        weights_name(model.weights.source),
+        STORE.notice,
+    )
 
 
-def write_zip(folder: Path, zip_path: Path) -> Path:
-    """Zip every file under ``folder`` (paths relative to it) into ``zip_path``."""
-    with zipfile.ZipFile(zip_path, "w", zipfile.ZIP_DEFLATED) as zf:
-        for file in sorted(p for p in folder.rglob("*") if p.is_file()):
-            zf.write(file, file.relative_to(folder).as_posix())
-    return zip_path
-
-
-def save_photo_files(out_dir: Path, stem: str, image_rgb: np.ndarray, nails: Nails, options: draw.CropOptions,
-                     image_id: int = 1) -> list[dict]:  # fmt: skip
-    """Overlay, crops, cut-outs and masks of one photo under ``out_dir``; returns its COCO results."""
-    save_nail_files(out_dir, stem, image_rgb, nails, options, masks=True)
-    return [{**r, "file_name": stem} for r in nails.to_coco_results(image_id)]
-
-
-def render(result: Detections | None, score_thr: float, options: draw.CropOptions):
+def render(photo: SegmentedPhoto | None, score_thr: float, options: draw.CropOptions):
     """Everything the tab shows for a segmented photo at a score threshold and crop options.
 
     Returns:
-        ``(overlay (h, w, 3) uint8 RGB, table rows, per-nail records, gallery, zip path, status)``; the
-        overlay is shrunk to ``DISPLAY_SIDE`` for the page, the records are in pixels of the photo.
+        ``(overlay PNG, table rows, per-nail records, gallery, zip path, status)``; overlay, records
+        and files are in pixels of the working-size photo.
     """
-    if result is None:
+    if photo is None:
         return None, [], [], [], None, "Add a photo and press **Segment**."
-    nails = result.nails.filter(score_thr)
-    records = nails.to_records()
+    nails = photo.nails(score_thr)
     out = scratch_dir()
-    results = save_photo_files(out / "nails", result.name, result.image_rgb, nails, options)
-    (out / "nails" / "predictions.json").write_text(json.dumps(results))
-    zip_path = write_zip(out / "nails", out / f"{result.name}_nails.zip")
-    crops = draw.crop_boxes(result.image_rgb, nails, options)
-    gallery = [(crop, f"nail {k}") for k, crop in enumerate(crops, start=1)]
+    images = outputs.render_nails(photo.image_rgb, nails, options)
+    saved = outputs.save_photo(out / "nails", photo.stem, photo.image_rgb, nails, options, masks=True, images=images)
+    outputs.write_predictions(out / "nails", outputs.photo_results(nails, 1, photo.name))
+    zip_path = write_zip(out / "nails", out / f"{photo.stem}_nails.zip")
+    records = nails.to_records()
     rows = [[r["number"], r["score"], ", ".join(f"{v:.0f}" for v in r["box_xyxy"]), r["area"]] for r in records]
-    height, width = result.image_rgb.shape[:2]
+    gallery = [(str(p), f"nail {k}") for k, p in enumerate(saved.crops, start=1)]
+    height, width = photo.image_rgb.shape[:2]
     found = f"**{len(nails)} nail(s)** found" if len(nails) else f"**No nails found** at score ≥ {score_thr:.2f}"
-    status = f"{found} in {width}×{height} px; model time {result.seconds:.2f} s; weights: `{result.weights}`"
-    if result.notice:
-        status += f". **{result.notice}**"
-    shown, _ = fit_within(draw.overlay(result.image_rgb, nails), DISPLAY_SIDE)
-    return shown, rows, records, gallery, str(zip_path), status
+    size = f"{width}×{height} px"
+    if (width, height) != photo.original_size:
+        size += " (shrunk from {}×{}; `nailseg predict` keeps the full size)".format(*photo.original_size)
+    status = f"{found} in {code(photo.name)}, {size}; model time {photo.seconds:.2f} s; weights: {code(photo.weights)}"
+    if photo.notice:
+        status += f". **{photo.notice}**"
+    return str(saved.overlay), rows, records, gallery, str(zip_path), status
 
 
-def segment(photo: str | None, score_thr: float, options: draw.CropOptions, previous: Detections | None):
+def segment(upload: Upload | str | None, score_thr, options: draw.CropOptions, key: str | None, progress=gr.Progress()):
     """The ``segment`` API: one photo and a score threshold in; see :func:`render` for what comes out."""
-    if not photo:
+    if not upload:
         raise gr.Error("Add a photo first (drop, paste, pick or take one).")
-    image_rgb = read_upload(photo, previous)
-    result = detect(Path(photo).stem, image_rgb, score_thr, photo)
-    return (*render(result, score_thr, options), result)
+    if isinstance(upload, str):  # an example photo: Gradio hands over its cached path as it is
+        upload = Upload(upload, Path(upload).name)
+    score_thr = number(score_thr, "Score threshold", 0, 1)
+    if not STORE.ready:
+        progress(0, desc="Loading the model (only the first photo after a start waits for it)…")
+    image_rgb, original_size = read_photo(upload)
+    photo = detect(upload.name, safe_stem(upload.name), image_rgb, original_size, score_thr)
+    return (*render(photo, score_thr, options), SESSIONS.put(photo, photo.nbytes, key))
 
 
-def redraw(result: Detections | None, score_thr: float, margin: float, square: bool, size: float | None,
-           background: str):  # fmt: skip
-    """Redraw the session's photo for a new threshold or crop options (model run only below its floor)."""
+def redraw(key: str | None, score_thr, margin, square, size, background):
+    """Redraw the visitor's photo for a new threshold or crop options (model run only below its floor)."""
     options = crop_options(margin, square, size, background)
-    if result is not None and score_thr < result.floor:
-        result = detect(result.name, result.image_rgb, score_thr, result.upload)
-    return (*render(result, score_thr, options), options, result)
+    score_thr = number(score_thr, "Score threshold", 0, 1)
+    photo = SESSIONS.get(key)
+    if photo is None and key is not None:
+        raise gr.Error("This photo is no longer kept on the server: press Segment again.")
+    if photo is not None and score_thr < photo.floor:
+        photo = detect(photo.name, photo.stem, photo.image_rgb, photo.original_size, score_thr)
+        key = SESSIONS.put(photo, photo.nbytes, key)
+    return (*render(photo, score_thr, options), options, key)
 
 
-def segment_batch(paths: list[str] | None, score_thr: float, margin: float, square: bool, size: float | None,
-                  background: str) -> tuple[str, str]:  # fmt: skip
+def segment_batch(paths: list[str] | None, score_thr, margin, square, size, background) -> tuple[str, str]:
     """Several photos in, one zip out (a folder per photo, one ``predictions.json``), and a summary."""
     if not paths:
         raise gr.Error("Add one or more photos first.")
+    if len(paths) > MAX_BATCH:
+        raise gr.Error(f"At most {MAX_BATCH} photos at once ({len(paths)} given).")
     options = crop_options(margin, square, size, background)
+    score_thr = number(score_thr, "Score threshold", 0, 1)
     out = scratch_dir()
     results, lines = [], []
-    for image_id, (path, stem) in enumerate(zip(paths, unique_stems([Path(p) for p in paths])), start=1):
+    names = [Path(p).name for p in paths]  # Gradio keeps the visitor's file name
+    for image_id, (path, name, stem) in enumerate(zip(paths, names, unique_stems(names)), start=1):
         try:
-            image_rgb = load_image_rgb(path)
-        except ImageError as err:
-            lines.append(f"- `{Path(path).name}`: skipped, {err}")
+            image_rgb, original_size = read_photo(Upload(path, name))
+        except gr.Error as err:
+            lines.append(f"- skipped: {err.message}")
             continue
-        finally:
-            forget_upload(path)
-        nails = detect(stem, image_rgb, score_thr).nails
-        results += save_photo_files(out / "nails" / stem, stem, image_rgb, nails, options, image_id)
-        lines.append(f"- `{Path(path).name}`: {len(nails) or 'no'} nail(s)")
-    (out / "nails").mkdir(exist_ok=True)
-    (out / "nails" / "predictions.json").write_text(json.dumps(results))
+        photo = detect(name, stem, image_rgb, original_size, score_thr)
+        nails = photo.nails(score_thr)
+        outputs.save_photo(out / "nails" / stem, stem, image_rgb, nails, options, masks=True)
+        results += outputs.photo_results(nails, image_id, name)
+        lines.append(f"- {code(name)}: {len(nails) or 'no'} nail(s)")
+    outputs.write_predictions(out / "nails", results)
     return str(write_zip(out / "nails", out / "nails_batch.zip")), "\n".join(lines)
 
 
-def switch_weights(spec: str) -> str:
-    """Load other weights for every later request; the message says which are in use."""
+def switch_weights(spec: str, request: gr.Request, profile: gr.OAuthProfile | None) -> str:
+    """Load other weights for every later request (the owner's); the message says which are in use."""
+    access.require_owner(request, profile, "Loading other weights")
     try:
-        return STORE.switch(spec)
+        return STORE.switch(spec or "")
     except WeightsError as err:
-        raise gr.Error(f"Weights not loaded: {err}") from err
+        raise gr.Error(f"Weights not loaded: {err}") from None
 
 
 def segment_tab(examples: list[str]) -> None:
     """Build the tab's components and events inside the current ``gr.Tab``."""
-    _EXAMPLE_NAMES.update(Path(p).name for p in examples)
-    options_state = gr.State(draw.CropOptions(margin=0.1, square=True, size=224))
-    result_state = gr.State(None, time_to_live=3600)
+    options_state = gr.State(CROPS)
+    session = gr.State(None)  # a key into SESSIONS: what is kept is bounded there, not here
     with gr.Row():
         with gr.Column():
             photo = photo_input(label="Photo", sources=["upload", "clipboard", "webcam"], height=360, elem_id="photo")
-            score = gr.Slider(0.05, 1.0, value=0.5, step=0.05, label="Score threshold")
+            score = gr.Slider(0.05, 1.0, value=DEFAULT_SCORE_THR, step=0.05, label="Score threshold")
             button = gr.Button("Segment", variant="primary")
             with gr.Accordion("Crop options (for a classifier)", open=False):
-                margin = gr.Slider(0.0, 1.0, value=0.1, step=0.05, label="Margin (fraction of the box's longer side)")
-                square = gr.Checkbox(value=True, label="Square (pad to a square)")
-                size = gr.Number(value=224, precision=0, minimum=0, maximum=2048, label="Output size (px, 0 = as cut)")
+                margin = gr.Slider(
+                    0.0, 1.0, value=CROPS.margin, step=0.05, label="Margin (fraction of the box's longer side)"
+                )
+                square = gr.Checkbox(value=CROPS.square, label="Square (pad to a square)")
+                size = gr.Number(
+                    value=CROPS.size,
+                    precision=0,
+                    minimum=0,
+                    maximum=MAX_CROP_SIZE,
+                    label="Output size (px, 0 = as cut)",
+                )
                 background = gr.Radio(BACKGROUNDS, value="kept", label="Background in box crops")
             gr.Examples(examples, inputs=photo, elem_id="examples")
         with gr.Column():
             status = gr.Markdown("Add a photo and press **Segment**.", elem_id="segment-status")
-            overlay = gr.Image(label="Nails", type="numpy", interactive=False, elem_id="overlay")
-            download = gr.File(label="Download (crops, cut-outs, masks, overlay, predictions.json)",
-                               elem_id="segment-zip")  # fmt: skip
+            overlay = gr.Image(label="Nails", type="filepath", interactive=False, elem_id="overlay")
+            download = gr.File(
+                label="Download (crops, cut-outs, masks, overlay, predictions.json)", elem_id="segment-zip"
+            )
     gallery = gr.Gallery(label="Crops", columns=8, height=220, fit_columns=False, object_fit="contain", elem_id="crops")
     with gr.Row():
         table = gr.Dataframe(headers=TABLE_HEADERS, label="Nails", interactive=False)
         records = gr.JSON(label="Nails (JSON)")
     with gr.Accordion("Several photos at once", open=False):
-        batch_files = gr.File(file_count="multiple", file_types=["image"], label="Photos")
+        batch_files = gr.File(file_count="multiple", file_types=["image"], label=f"Photos (up to {MAX_BATCH})")
         batch_button = gr.Button("Segment all")
         batch_zip = gr.File(label="Download (one folder per photo)")
         batch_summary = gr.Markdown()
-    with gr.Accordion("Weights", open=False):
-        weights = gr.Textbox(label="Weights: a local path or hf://owner/repo[@revision]/file.safetensors")
-        weights_button = gr.Button("Load weights")
-        weights_status = gr.Markdown(describe(STORE.current, STORE.notice))
+    with gr.Accordion("Weights (owner only)", open=False):
+        weights = gr.Textbox(
+            label="Weights: a local .safetensors path (its .json config beside it) "
+            "or hf://owner/repo[@revision]/file.safetensors"
+        )
+        weights_button = gr.Button("Load weights for everyone")
+        weights_status = gr.Markdown(STORE.status(), elem_id="weights-status")
+        if access.is_public():
+            gr.Markdown(f"This server is public: loading weights is for its owner. {access.how_to_be_owner()}")
 
     shown = [overlay, table, records, gallery, download, status]
-    button.click(segment, [photo, score, options_state, result_state], [*shown, result_state], api_name="segment",
-                 concurrency_limit=2)  # fmt: skip
-    gr.on([score.release, margin.release, square.change, size.change, background.change], redraw,
-          [result_state, score, margin, square, size, background], [*shown, options_state, result_state],
-          api_name="render")  # fmt: skip
-    batch_button.click(segment_batch, [batch_files, score, margin, square, size, background],
-                       [batch_zip, batch_summary], api_name="segment_batch", concurrency_limit=1)  # fmt: skip
+    button.click(
+        segment, [photo, score, options_state, session], [*shown, session], api_name="segment", concurrency_limit=2
+    )
+    gr.on(
+        [score.release, margin.release, square.change, size.change, background.change],
+        redraw,
+        [session, score, margin, square, size, background],
+        [*shown, options_state, session],
+        api_name="render",
+    )
+    batch_button.click(
+        segment_batch,
+        [batch_files, score, margin, square, size, background],
+        [batch_zip, batch_summary],
+        api_name="segment_batch",
+        concurrency_limit=1,
+    )
     weights_button.click(switch_weights, weights, weights_status, api_name="switch_weights", concurrency_limit=1)
+    status.change(STORE.status, None, weights_status, api_visibility="private", show_progress="hidden")

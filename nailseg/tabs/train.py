@@ -1,62 +1,107 @@
 """Train tab: start and watch one ``nailseg train`` run, then download, use or push its weights.
 
-Training runs in its own process (:mod:`nailseg.jobs`), so segmentation stays responsive; a
-``gr.Timer`` polls the job's files every two seconds, which also reattaches a reloaded page to
-the running job. At the end the newest checkpoint is exported to ``.safetensors`` + ``.py``
-(no pickles leave the server), which can be downloaded as a zip, loaded into the Segment tab
-("use this model", no restart) or pushed to the Hugging Face Hub.
+Everything here changes the server for every visitor, so every action is the owner's
+(:mod:`nailseg.access`). Training runs in its own process (:mod:`nailseg.jobs`), so segmentation
+stays responsive; a ``gr.Timer`` polls the job's files every two seconds, which also reattaches
+a reloaded page to the running job. At the end the newest checkpoint is exported to
+``.safetensors`` + ``.json`` (no pickles leave the server), which can be downloaded as a zip,
+loaded into the Segment tab ("use this model", no restart) or pushed to the Hugging Face Hub.
+
+Nothing typed here names a server path: datasets, configs and starting weights are picked from
+lists the server makes, and config overrides are limited to :data:`OVERRIDES`.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import os
 import shlex
 import shutil
-import tempfile
 import zipfile
 from pathlib import Path
 
 import gradio as gr
 import pandas as pd
 
+from nailseg import access
 from nailseg.jobs import JobError, JobStatus, TrainingJobs, TrainRequest
-from nailseg.train import CONFIG_DIR, DEFAULT_CONFIG, REPO_ROOT
+from nailseg.paths import BUNDLED_WEIGHTS, CONFIG_DIR, DEFAULT_CONFIG, converted_root
+from nailseg.serving import STORE, code, number, scratch_dir
 
 CONFIGS = {
     "Default model: EfficientNet-Lite0 Mask R-CNN (fast on CPU)": DEFAULT_CONFIG,
     "Seed model: Mask R-CNN R50-caffe FPN (needs a GPU to be practical)": CONFIG_DIR
     / "mask-rcnn_r50-caffe_fpn_ms_nails.py",
 }
-# Converted datasets the tab offers: any folder holding train.json under these roots.
-CONVERTED_ROOT = Path(os.environ.get("NAILSEG_CONVERTED_DIR", Path(tempfile.gettempdir()) / "nailseg-converted"))
-DATA_ROOTS = (CONVERTED_ROOT, REPO_ROOT / "data")
+FROM_CONFIG, FROM_BUNDLED = "the config's own start (ImageNet backbone)", "the bundled model (fine-tune it)"
+# Config overrides a visitor-facing form may pass on: key -> (type, lowest, highest). No paths.
+OVERRIDES = {
+    "train_cfg.max_iters": (int, 1, 1_000_000),
+    "train_cfg.max_epochs": (int, 1, 10_000),
+    "train_cfg.val_interval": (int, 1, 1_000_000),
+    "optim_wrapper.optimizer.lr": (float, 1e-7, 1.0),
+    "optim_wrapper.optimizer.momentum": (float, 0.0, 1.0),
+    "optim_wrapper.optimizer.weight_decay": (float, 0.0, 1.0),
+    "default_hooks.checkpoint.interval": (int, 1, 1_000_000),
+    "default_hooks.logger.interval": (int, 1, 100_000),
+    "randomness.seed": (int, 0, 2**31 - 1),
+}
 EXPORT_DIR = "export"
 LOG_LINES = 15  # the log box shows them all, without scrolling
 JOBS = TrainingJobs()
 
 
-def data_choices(roots: tuple[Path, ...] = DATA_ROOTS) -> list[str]:
-    """Folders written by ``nailseg convert`` (holding ``train.json``) under ``roots``, newest first."""
-    found = [p.parent for root in roots if root.is_dir() for p in root.glob("*/train.json")]
-    return [str(p) for p in sorted(found, key=lambda p: p.stat().st_mtime, reverse=True)]
+def data_roots() -> tuple[Path, ...]:
+    """Where converted datasets are looked for: the app's kept ones, and ``./data`` (``nailseg convert``)."""
+    return converted_root(), Path.cwd() / "data"
 
 
-def refresh_choices(current: str | None):
-    """The dataset list again (a dataset converted since the page was built), keeping the choice."""
-    choices = data_choices()
-    return gr.update(choices=choices, value=current or (choices[0] if choices else None))
+def data_choices(roots: tuple[Path, ...] | None = None) -> dict[str, Path]:
+    """Folders written by ``nailseg convert`` (holding ``train.json``), by name, newest first."""
+    found = [p.parent for root in roots or data_roots() if root.is_dir() for p in root.glob("*/train.json")]
+    return {p.name: p for p in sorted(found, key=lambda p: p.stat().st_mtime, reverse=True)}
+
+
+def start_choices() -> dict[str, Path | None]:
+    """Weights a training may start from, by label: the config's own, the bundled model, earlier runs."""
+    choices: dict[str, Path | None] = {FROM_CONFIG: None, FROM_BUNDLED: BUNDLED_WEIGHTS}
+    for run in JOBS.runs():
+        for weights in sorted((run / EXPORT_DIR).glob("*.safetensors")):
+            choices[f"run {run.name}"] = weights
+    return choices
+
+
+def parse_overrides(text: str) -> tuple[str, ...]:
+    """``KEY=VALUE`` overrides checked against :data:`OVERRIDES`, as canonical ``KEY=VALUE`` strings.
+
+    Raises:
+        gr.Error: a key that is not allowed, or a value that is not a number in its range.
+    """
+    try:
+        items = shlex.split(text or "")
+    except ValueError as err:
+        raise gr.Error(f"Config overrides: {err}.") from None
+    options = []
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or key not in OVERRIDES:
+            allowed = ", ".join(OVERRIDES)
+            raise gr.Error(f"Config overrides must be KEY=VALUE with KEY one of: {allowed} (got {item[:60]!r}).")
+        kind, low, high = OVERRIDES[key]
+        parsed = number(value, key, low, high)
+        if kind is int and not parsed.is_integer():
+            raise gr.Error(f"{key} must be a whole number.")
+        options.append(f"{key}={kind(parsed)!r}")
+    return tuple(options)
 
 
 def device_note() -> str:
-    """One line on the hardware training will use."""
+    """One line on the hardware training will use, read from torch."""
     import torch
 
     if torch.cuda.is_available():
-        return f"GPU: **{torch.cuda.get_device_name(0)}**; training runs on it."
-    return ("No GPU here: training runs on the CPU. It works, but slowly: about 2.5 s per iteration at "
-            "batch 4 with the default model on 2 cores (an hour per pass over 3,400 photos); the seed R50 "
-            "is several times slower.")  # fmt: skip
+        names = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+        return f"GPU: **{', '.join(names)}**; training runs on it."
+    return "No GPU here: training runs on the CPU. It works, but slowly: start with a few hundred iterations."
 
 
 def _clock(seconds: float | None) -> str:
@@ -84,14 +129,14 @@ def summary_markdown(status: JobStatus) -> str:
     """State, validation AP and checkpoint of a run, as Markdown."""
     if status.state == "idle":
         return ""
-    lines = [f"**{status.state}** · work dir `{status.work_dir}`"]
+    lines = [f"**{status.state}** · run {code(Path(status.work_dir).name)}"]
     if status.state == "failed":
         lines.append(f"The training exited with code {status.returncode}; see the log below.")
     if status.metrics:
         ap = ", ".join(f"{k.removeprefix('coco/')} {v:.3f}" for k, v in status.metrics.items())
         lines.append(f"Validation AP: {ap}")
     if status.checkpoint:
-        lines.append(f"Newest checkpoint: `{Path(status.checkpoint).name}`")
+        lines.append(f"Newest checkpoint: {code(Path(status.checkpoint).name)}")
     return "\n\n".join(lines)
 
 
@@ -106,12 +151,12 @@ def export_checkpoint(status: JobStatus) -> tuple[Path, Path]:
     """Export the run's newest checkpoint to ``<work dir>/export/<config>.safetensors`` and zip it.
 
     Reuses an export newer than the checkpoint. Returns ``(weights, zip)``; the zip holds the
-    weights and their config ``.py``.
+    weights and their ``.json`` config.
     """
-    from nailseg.weights import export_weights
+    from nailseg.weights import WeightsError, export_weights
 
     if not status.checkpoint or status.running:
-        raise gr.Error("no finished training with a checkpoint to export")
+        raise gr.Error("No finished training with a checkpoint to export.")
     work_dir, ckpt = Path(status.work_dir), Path(status.checkpoint)
     configs = sorted(work_dir.glob("*.py"))  # mmengine dumps the run's config as <config name>.py
     name = configs[0].stem if configs else "nailseg"
@@ -119,116 +164,161 @@ def export_checkpoint(status: JobStatus) -> tuple[Path, Path]:
     archive = weights.with_suffix(".zip")
     if not archive.is_file() or archive.stat().st_mtime < ckpt.stat().st_mtime:
         weights.parent.mkdir(exist_ok=True)
-        export_weights(ckpt, weights)
+        try:
+            export_weights(ckpt, weights)
+        except WeightsError as err:
+            raise gr.Error(str(err)) from None
         with zipfile.ZipFile(archive, "w") as zf:
-            for path in (weights, weights.with_suffix(".py")):
+            for path in (weights, weights.with_suffix(".json")):
                 zf.write(path, path.name)
     return weights, archive
 
 
-def _view(status: JobStatus):
+def _view(status: JobStatus, allowed: bool = True):
     ended = status.state in ("finished", "stopped") and bool(status.checkpoint)
+    if not allowed:
+        status = JobStatus()
     return (
-        progress_html(status),
+        progress_html(status) if allowed else f"<p>{access.how_to_be_owner()}</p>",
         summary_markdown(status),
         loss_frame(status),
         "\n".join(status.log_tail[-LOG_LINES:]),
-        gr.update(interactive=not status.running),
-        gr.update(interactive=status.running),
-        gr.update(visible=ended),
+        gr.update(interactive=allowed and not status.running),
+        gr.update(interactive=allowed and status.running),
+        gr.update(visible=allowed and ended),
     )
 
 
-def poll():
-    """Timer tick: the job's state, read from its files (cheap)."""
-    return _view(JOBS.status())
+def poll(request: gr.Request, profile: gr.OAuthProfile | None):
+    """Timer tick: the job's state, read from its files (cheap); only the owner sees it."""
+    return _view(JOBS.status(), access.is_owner(request, profile))
 
 
-def start(config_label: str, data: str, epochs, batch_size, lr, overrides: str):
+def start(
+    config_label: str,
+    data: str,
+    start_from: str,
+    epochs,
+    batch_size,
+    lr,
+    overrides: str,
+    request: gr.Request,
+    profile: gr.OAuthProfile | None,
+):
     """Start a training with the form's values; empty or 0 fields keep the config's own."""
-    data = (data or "").strip()
-    if not data or not (Path(data) / "train.json").is_file():
-        raise gr.Error(f"no train.json in {data!r}: convert a dataset first (Dataset tab or `nailseg convert`)")
-    config = CONFIGS.get(config_label, DEFAULT_CONFIG)
+    access.require_owner(request, profile, "Training")
+    folders = data_choices()
+    if data not in folders:
+        raise gr.Error("Pick a converted dataset from the list (Dataset tab with 'keep', or `nailseg convert`).")
+    if config_label not in CONFIGS:
+        raise gr.Error("Pick a model from the list.")
+    starts = start_choices()
+    if (start_from or FROM_CONFIG) not in starts:
+        raise gr.Error("Pick the weights to start from in the list.")
+    weights = starts[start_from or FROM_CONFIG]
+    epochs = int(number(epochs or 0, "Epochs", 0, 10_000))
+    batch_size = int(number(batch_size or 0, "Batch size", 0, 256))
+    lr = number(lr or 0, "Learning rate", 0, 1)
+    config = CONFIGS[config_label]
+    request_ = TrainRequest(
+        data=str(folders[data]),
+        work_dir=str(JOBS.new_work_dir(config)),
+        config=str(config),
+        epochs=epochs or None,
+        batch_size=batch_size or None,
+        lr=lr or None,
+        cfg_options=parse_overrides(overrides),
+        load_from=str(weights) if weights else None,
+    )
     try:
-        options = tuple(shlex.split(overrides or ""))
-    except ValueError as err:
-        raise gr.Error(f"config overrides: {err}") from err
-    if bad := [o for o in options if "=" not in o]:
-        raise gr.Error(f"config overrides must be KEY=VALUE, got {bad[0]!r}")
-    request = TrainRequest(data=data, work_dir=str(JOBS.new_work_dir(config)), config=str(config),
-                           epochs=int(epochs) if epochs else None, batch_size=int(batch_size) if batch_size else None,
-                           lr=float(lr) if lr else None, cfg_options=options)  # fmt: skip
-    try:
-        return _view(JOBS.start(request))
+        return _view(JOBS.start(request_))
     except JobError as err:
-        raise gr.Error(str(err)) from err
+        raise gr.Error(str(err)) from None
 
 
-def stop():
+def stop(request: gr.Request, profile: gr.OAuthProfile | None):
     """Stop the running training (SIGTERM, then SIGKILL); its checkpoints stay."""
+    access.require_owner(request, profile, "Stopping the training")
     return _view(JOBS.stop())
 
 
-def download() -> str:
+def download(request: gr.Request, profile: gr.OAuthProfile | None) -> str:
     """The exported weights and config, zipped (a copy in the app's scratch space, for Gradio)."""
-    from nailseg.serving import scratch_dir
-
+    access.require_owner(request, profile, "Exporting the weights")
     archive = export_checkpoint(JOBS.status())[1]
     copy = scratch_dir() / archive.name
     shutil.copyfile(archive, copy)
     return str(copy)
 
 
-def use_model() -> str:
+def use_model(request: gr.Request, profile: gr.OAuthProfile | None) -> str:
     """Load the run's exported weights into the Segment tab, without a restart."""
-    from nailseg.serving import STORE
     from nailseg.weights import WeightsError
 
+    access.require_owner(request, profile, "Loading other weights")
     weights, _ = export_checkpoint(JOBS.status())
     try:
         return STORE.switch(str(weights))
     except WeightsError as err:
-        raise gr.Error(str(err)) from err
+        raise gr.Error(str(err)) from None
 
 
-def push(repo_id: str, token: str, private: bool) -> str:
-    """Upload the run's exported weights, config and a model card to a Hub model repo."""
-    from huggingface_hub.errors import HfHubHTTPError
+def push(repo_id: str, token: str, private: bool, request: gr.Request, profile: gr.OAuthProfile | None) -> str:
+    """Upload the run's exported weights, config and a model card to a Hub model repo.
 
-    from nailseg.hub import push_model
+    The token is the one typed, else ``$HF_TOKEN`` (e.g. a Space secret); it never appears in a message.
+    """
+    from nailseg.hub import HubRefused, push_model
     from nailseg.weights import WeightsError
 
+    access.require_owner(request, profile, "Pushing to the Hub")
     repo_id = (repo_id or "").strip()
-    if repo_id.count("/") != 1:
-        raise gr.Error("repo id must be OWNER/NAME")
+    if repo_id.count("/") != 1 or not all(repo_id.split("/")):
+        raise gr.Error("The repo id must be OWNER/NAME.")
     status = JOBS.status()
     weights, _ = export_checkpoint(status)
     try:
-        result = push_model(repo_id, weights, token=(token or "").strip() or None, private=private,
-                            metrics=status.metrics)  # fmt: skip
-    except HfHubHTTPError as err:
-        raise gr.Error(f"the Hub refused the upload: {err}") from err
-    except WeightsError as err:  # HubUnreachable included
-        raise gr.Error(str(err)) from err
-    return f"Pushed: {result.commit_url}. Load it anywhere with `NAILSEG_WEIGHTS={result.spec}`."
+        result = push_model(
+            repo_id, weights, token=(token or "").strip() or None, private=bool(private), metrics=status.metrics
+        )
+    except (HubRefused, WeightsError) as err:  # HubUnreachable included
+        raise gr.Error(str(err)) from None
+    return f"Pushed: {result.commit_url}. Load it anywhere with {code('NAILSEG_WEIGHTS=' + result.spec)}."
 
 
-def train_tab() -> None:
-    """Build the Train tab inside the caller's ``gr.Tab``."""
-    gr.Markdown(device_note(), elem_id="train-device")
+def refresh_choices(data: str | None, start_from: str | None, request: gr.Request, profile: gr.OAuthProfile | None):
+    """The dataset and start lists again (a dataset converted, a run finished since the page was built)."""
+    if not access.is_owner(request, profile):
+        return gr.update(choices=[], value=None), gr.update(choices=[FROM_CONFIG], value=FROM_CONFIG)
+    datasets, starts = list(data_choices()), list(start_choices())
+    return (
+        gr.update(choices=datasets, value=data if data in datasets else (datasets[0] if datasets else None)),
+        gr.update(choices=starts, value=start_from if start_from in starts else FROM_CONFIG),
+    )
+
+
+def train_tab(demo: gr.Blocks) -> None:
+    """Build the Train tab inside the caller's ``gr.Tab`` of ``demo`` (its lists fill on page load)."""
+    gr.Markdown(device_note, elem_id="train-device")  # called at each page load, after torch is imported
+    if access.is_public():
+        gr.Markdown(f"Training changes this server for everyone: it is for the owner. {access.how_to_be_owner()}")
     with gr.Row():
         config = gr.Radio(list(CONFIGS), value=next(iter(CONFIGS)), label="Model", scale=2)
-        choices = data_choices()
-        data = gr.Dropdown(choices, value=choices[0] if choices else None, allow_custom_value=True,
-                           label="Data: a folder written by `nailseg convert` (a server path)",
-                           elem_id="train-data", scale=3)  # fmt: skip
-        refresh = gr.Button("↻ datasets", scale=0, min_width=100, size="sm", elem_id="train-data-refresh")
+        # The lists fill on page load; start() checks the choice against them itself.
+        data = gr.Dropdown(
+            [], label="Data: a dataset converted on this server", elem_id="train-data", scale=3, allow_custom_value=True
+        )
+        refresh = gr.Button("↻ lists", scale=0, min_width=100, size="sm", elem_id="train-data-refresh")
+    start_from = gr.Dropdown(
+        [FROM_CONFIG], value=FROM_CONFIG, label="Start from", elem_id="train-start-from", allow_custom_value=True
+    )
     with gr.Row():
         epochs = gr.Number(0, precision=0, minimum=0, label="Epochs (0: the config's schedule)")
         batch_size = gr.Number(4, precision=0, minimum=1, label="Batch size")
         lr = gr.Number(0, minimum=0, label="Learning rate (0: the config's)")
-    overrides = gr.Textbox(label="Config overrides (optional)", placeholder="train_cfg.max_iters=100 ...")
+    overrides = gr.Textbox(
+        label=f"Config overrides (optional; {', '.join(OVERRIDES)})", placeholder="train_cfg.max_iters=100 ..."
+    )
     with gr.Row():
         start_btn = gr.Button("Start training", variant="primary", elem_id="train-start")
         stop_btn = gr.Button("Stop", variant="stop", interactive=False, elem_id="train-stop")
@@ -244,15 +334,22 @@ def train_tab() -> None:
         use_msg = gr.Markdown()
         with gr.Row():
             repo_id = gr.Textbox(label="Hub repo id (OWNER/NAME)")
-            token = gr.Textbox(label="Hub write token", type="password")
+            token = gr.Textbox(label="Hub write token (empty: $HF_TOKEN, e.g. a Space secret)", type="password")
             private = gr.Checkbox(label="private repo")
         push_btn = gr.Button("Push to the Hugging Face Hub")
         push_msg = gr.Markdown()
 
     view = [progress, summary, curve, log, start_btn, stop_btn, finished]
-    refresh.click(refresh_choices, data, data, api_name="train_data_choices")
-    start_btn.click(start, [config, data, epochs, batch_size, lr, overrides], view, api_name="train_start",
-                    concurrency_limit=1)  # fmt: skip
+    lists = [data, start_from]
+    refresh.click(refresh_choices, lists, lists, api_name="train_lists")
+    demo.load(refresh_choices, lists, lists, api_visibility="private")
+    start_btn.click(
+        start,
+        [config, data, start_from, epochs, batch_size, lr, overrides],
+        view,
+        api_name="train_start",
+        concurrency_limit=1,
+    )
     stop_btn.click(stop, None, view, api_name="train_stop", concurrency_limit=1)
     # Reads a few small files: no queue slot needed, and no spinner every two seconds.
     gr.Timer(2.0).tick(poll, None, view, api_name="train_status", concurrency_limit=None, show_progress="hidden")

@@ -1,4 +1,4 @@
-"""Helpers shared by the app tests: the weights to use, the app in a subprocess, test photos."""
+"""The tests' one support module: test data, the weights to use, the app in a subprocess, zips."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 import zipfile
 from pathlib import Path
@@ -19,8 +20,9 @@ from PIL import Image
 from nailseg.weights import BUNDLED_WEIGHTS, ENV_VAR
 
 REPO = Path(__file__).resolve().parent.parent
-DATA = REPO / "tests" / "data" / "nails-roboflow"
+DATA = REPO / "tests" / "data" / "nails-roboflow"  # six CC BY 4.0 photos, see tests/data/ATTRIBUTION.md
 PHOTOS = sorted((DATA / "images").glob("*.jpg"))
+SHARED = REPO.parent / "shared" / "data"  # the full data sets: only in the development checkout
 
 
 def weights_spec() -> str:
@@ -37,6 +39,18 @@ def label_count(photo: Path) -> int:
     return sum(1 for line in label.read_text().splitlines() if line.strip())
 
 
+def label_masks(photo: Path) -> np.ndarray:
+    """``(N, H, W) bool`` true nail masks of a test photo, from its YOLO-seg label."""
+    from nailseg.convert import polygons_to_instances
+    from nailseg.datasets import load_yolo_polygons
+    from nailseg.images import exif_size
+
+    width, height = exif_size(photo)
+    polygons = load_yolo_polygons(DATA / "labels" / f"{photo.stem}.txt", width, height)
+    masks = polygons_to_instances(polygons, height, width)
+    return np.stack(masks) if masks else np.zeros((0, height, width), bool)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -44,22 +58,41 @@ def free_port() -> int:
 
 
 class AppProcess:
-    """``python app.py`` on a free loopback port, with its own Gradio temp folder."""
+    """``python app.py`` on a free loopback port, with its own Gradio temp folder.
 
-    def __init__(self, tmp: Path, timeout_s: float = 300.0) -> None:
+    ``extra_env`` adds to (or, with None values, removes from) the app's environment.
+    """
+
+    def __init__(self, tmp: Path, timeout_s: float = 300.0, extra_env: dict | None = None) -> None:
+        self.tmp = tmp
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}/"
         self.upload_dir = tmp / "gradio"
         self.tmp_dir = tmp / "tmp"  # the app's $TMPDIR: what it leaves there can be checked
-        self.tmp_dir.mkdir()
+        self.tmp_dir.mkdir(exist_ok=True)
         self.converted_dir = tmp / "converted"  # datasets kept for the Train tab
-        env = {**os.environ, ENV_VAR: weights_spec(), "GRADIO_SERVER_NAME": "127.0.0.1",
-               "GRADIO_SERVER_PORT": str(self.port), "GRADIO_TEMP_DIR": str(self.upload_dir),
-               "TMPDIR": str(self.tmp_dir), "NAILSEG_CONVERTED_DIR": str(self.converted_dir),
-               "GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1"}  # fmt: skip
+        env = {
+            **os.environ,
+            ENV_VAR: weights_spec(),
+            "GRADIO_SERVER_NAME": "127.0.0.1",
+            "GRADIO_SERVER_PORT": str(self.port),
+            "GRADIO_TEMP_DIR": str(self.upload_dir),
+            "TMPDIR": str(self.tmp_dir),
+            "NAILSEG_CONVERTED_DIR": str(self.converted_dir),
+            "GRADIO_ANALYTICS_ENABLED": "False",
+            "HF_HUB_OFFLINE": "1",
+            "NAILSEG_WORK_DIRS": str(tmp / "work_dirs"),
+            "NAILSEG_PERSISTENT_DIR": str(tmp / "no-persistent-storage"),
+        }
+        for key, value in (extra_env or {}).items():
+            if value is None:
+                env.pop(key, None)
+            else:
+                env[key] = value
         self.log = (tmp / "app.log").open("w")
-        self.proc = subprocess.Popen([sys.executable, "app.py"], cwd=REPO, env=env, stdout=self.log,
-                                     stderr=subprocess.STDOUT)  # fmt: skip
+        self.proc = subprocess.Popen(
+            [sys.executable, "app.py"], cwd=REPO, env=env, stdout=self.log, stderr=subprocess.STDOUT
+        )
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -67,6 +100,8 @@ class AppProcess:
             try:
                 with urllib.request.urlopen(self.url + "gradio_api/info", timeout=5):
                     return
+            except urllib.error.HTTPError:  # it answers (e.g. 401 behind a login): it is up
+                return
             except OSError:
                 time.sleep(1)
         self.stop()
@@ -105,8 +140,10 @@ def dataset_zip(path: Path, photos: list[Path] = PHOTOS, wrap: str = "nails") ->
 
 def bomb_zip(path: Path, mib: int = 300) -> Path:
     """A zip whose one member expands ~1000:1 to ``mib`` MiB of zeros."""
-    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as zf, zf.open("images/zeros.png", "w",
-                                                                          force_zip64=True) as member:  # fmt: skip
+    with (
+        zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as zf,
+        zf.open("images/zeros.png", "w", force_zip64=True) as member,
+    ):
         chunk = bytes(1024**2)
         for _ in range(mib):
             member.write(chunk)

@@ -1,0 +1,75 @@
+"""Small file helpers every stage shares: atomic writes, zips, safe names, folder sizes."""
+
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+import zipfile
+from pathlib import Path
+
+_UNSAFE = re.compile(r"[^\w.+-]+")
+
+
+def write_atomic(path: str | Path, data: str | bytes) -> Path:
+    """Write ``data`` to ``path`` through a temporary file in the same folder and a rename.
+
+    Readers see the old file or the new one, never half of one; two writers never share a temp name.
+    """
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data.encode() if isinstance(data, str) else data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def write_zip(folder: Path, zip_path: Path) -> Path:
+    """Zip every file under ``folder`` (paths relative to it) into ``zip_path``."""
+    with zipfile.ZipFile(zip_path, "w", zipfile.ZIP_DEFLATED) as zf:
+        for file in sorted(p for p in folder.rglob("*") if p.is_file()):
+            zf.write(file, file.relative_to(folder).as_posix())
+    return zip_path
+
+
+def safe_stem(name: str, max_len: int = 80) -> str:
+    """A file stem safe to use in our own output names: the name's stem, odd characters replaced."""
+    stem = _UNSAFE.sub("_", Path(name.replace("\\", "/")).stem).strip("._")
+    return stem[:max_len] or "photo"
+
+
+def unique_stems(names: list[str]) -> list[str]:
+    """Safe stems of ``names``, made unique by a ``-2``, ``-3``... suffix where two share one."""
+    seen: dict[str, int] = {}
+    stems = []
+    for name in names:
+        stem = safe_stem(str(name))
+        seen[stem] = seen.get(stem, 0) + 1
+        stems.append(stem if seen[stem] == 1 else f"{stem}-{seen[stem]}")
+    return stems
+
+
+def folder_bytes(folder: Path) -> int:
+    """Bytes of the regular files under ``folder`` (0 when it does not exist)."""
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file() and not p.is_symlink())
+
+
+def remove_older_than(root: Path, hours: float, keep: tuple[Path, ...] = ()) -> list[Path]:
+    """Remove the folders directly under ``root`` last modified more than ``hours`` ago (not ``keep``)."""
+    import shutil
+    import time
+
+    removed = []
+    cutoff = time.time() - hours * 3600
+    for folder in sorted(Path(root).iterdir()) if Path(root).is_dir() else []:
+        try:
+            if folder.is_dir() and not folder.is_symlink() and folder not in keep and folder.stat().st_mtime < cutoff:
+                shutil.rmtree(folder, ignore_errors=True)
+                removed.append(folder)
+        except FileNotFoundError:  # removed by someone else meanwhile
+            continue
+    return removed
