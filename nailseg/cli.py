@@ -44,6 +44,7 @@ def _convert(args: argparse.Namespace) -> int:
 def _train(args: argparse.Namespace) -> int:
     from mmengine.config import DictAction
 
+    from nailseg import distributed
     from nailseg.train import DEFAULT_CONFIG, build_config, train
 
     options = {}
@@ -52,6 +53,12 @@ def _train(args: argparse.Namespace) -> int:
         if not sep:
             raise ValueError(f"--cfg-options expects KEY=VALUE, got {item!r}")
         options[key] = DictAction._parse_iterable(value)
+    if args.auto_scale_lr:
+        options["auto_scale_lr.enable"] = True
+    if args.nproc < 1:
+        raise ValueError(f"--nproc must be at least 1, got {args.nproc}")
+    # Workers started by --nproc get the same arguments plus --distributed: --nproc is then theirs.
+    start_workers = args.nproc > 1 and not args.launcher
     cfg = build_config(
         args.config or DEFAULT_CONFIG,
         args.data,
@@ -61,9 +68,14 @@ def _train(args: argparse.Namespace) -> int:
         args.lr,
         options,
         load_from=args.load_from,
+        launcher=args.launcher,
+        world_size=args.nproc if start_workers else distributed.world_size(args.launcher),
     )
+    if start_workers:  # the config was checked once, here, before any worker starts
+        return distributed.launch(args.argv, args.nproc)
     checkpoint = train(cfg, resume=args.resume)
-    print(f"checkpoint: {checkpoint}")
+    if distributed.rank() == 0:
+        print(f"checkpoint: {checkpoint}")
     return 0
 
 
@@ -148,9 +160,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", type=Path, required=True, help="folder written by `nailseg convert`")
     p.add_argument("--work-dir", type=Path, default=None, help="logs and checkpoints (default work_dirs/<config>)")
     p.add_argument("--epochs", type=int, default=None, help="passes over the training photos")
-    p.add_argument("--batch-size", type=int, default=None, help="photos per iteration")
+    p.add_argument("--batch-size", type=int, default=None, help="photos per iteration and process (per GPU)")
     p.add_argument("--lr", type=float, default=None, help="learning rate")
     p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --work-dir")
+    p.add_argument(
+        "--nproc",
+        type=int,
+        default=1,
+        help="training processes on this machine, started through torchrun: one per GPU, or CPU processes",
+    )
+    p.add_argument(
+        "--auto-scale-lr",
+        action="store_true",
+        help="scale the lr by (processes x batch size) / the config's auto_scale_lr.base_batch_size",
+    )
+    p.add_argument(
+        "--launcher",
+        choices=("pytorch", "slurm"),
+        default=None,
+        help="this process is one worker of a distributed run started by torchrun (pytorch) or srun (slurm)",
+    )
+    p.add_argument(
+        "--distributed",
+        dest="launcher",
+        action="store_const",
+        const="pytorch",
+        help="same as --launcher pytorch: for `torchrun ... -m nailseg train --distributed`",
+    )
     p.add_argument(
         "--load-from",
         default=None,
@@ -209,7 +245,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     from nailseg.weights import WeightsError
 
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
+    args.argv = argv  # `train --nproc N` passes them on to its workers
     try:
         return args.func(args)
     except (ValueError, FileNotFoundError, WeightsError) as err:

@@ -57,6 +57,7 @@ class TrainRequest:
     lr: float | None = None
     cfg_options: tuple[str, ...] = ()
     load_from: str | None = None
+    nproc: int | None = None  # processes (GPUs) through torchrun; None or 1: one process
 
     def argv(self, python: str = sys.executable) -> list[str]:
         args = [python, "-m", "nailseg", "train"]
@@ -71,6 +72,8 @@ class TrainRequest:
             args += ["--lr", repr(float(self.lr))]
         if self.load_from:
             args += ["--load-from", str(self.load_from)]
+        if self.nproc and self.nproc > 1:
+            args += ["--nproc", str(int(self.nproc))]
         if self.cfg_options:
             args += ["--cfg-options", *self.cfg_options]
         return args
@@ -242,6 +245,30 @@ def _alive(pid: int, check_cmdline: bool = True) -> bool:
     return not zombie and (b"nailseg" in cmdline or not check_cmdline)
 
 
+def _processes() -> list[tuple[int, int, int, str]]:
+    """``(pid, parent pid, process group, state)`` of every process, from ``/proc``."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            found.append((int(stat.parent.name), int(fields[1]), int(fields[2]), fields[0]))
+        except (OSError, IndexError, ValueError):
+            continue
+    return found
+
+
+def _descendant_groups(pid: int) -> set[int]:
+    """Process groups of ``pid``'s descendants (its children, theirs...)."""
+    procs = _processes()
+    family, groups = {pid}, set()
+    while True:
+        new = {(p, g) for p, parent, g, _ in procs if parent in family and p not in family}
+        if not new:
+            return groups
+        family |= {p for p, _ in new}
+        groups |= {g for _, g in new}
+
+
 class TrainingJobs:
     """Starts, watches and stops the one training of a work-dirs root.
 
@@ -357,17 +384,18 @@ class TrainingJobs:
             return self.status()
         state["stop_requested"] = True
         self._write_state(state)
-        pgid = state["pid"]  # start_new_session: the wrapper leads its own group
+        # start_new_session: the wrapper leads its own group. torchrun (--nproc) starts each worker
+        # in a session of its own: their groups are found now, while they are still our descendants.
+        groups = {state["pid"], *_descendant_groups(state["pid"])}
         for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 5.0)):
-            try:
-                os.killpg(pgid, sig)
-            except ProcessLookupError:
-                break
+            for pgid in groups:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(pgid, sig)
             deadline = time.monotonic() + wait
-            while time.monotonic() < deadline and self._group_alive(pgid):
+            while time.monotonic() < deadline and any(map(self._group_alive, groups)):
                 self.status()  # reaps our own child
                 time.sleep(0.2)
-            if not self._group_alive(pgid):
+            if not any(map(self._group_alive, groups)):
                 break
         return self.status()
 
@@ -378,11 +406,4 @@ class TrainingJobs:
         except ProcessLookupError:
             return False
         # Only zombies may be left: check each member of the group.
-        for stat in Path("/proc").glob("[0-9]*/stat"):
-            try:
-                fields = stat.read_text().rsplit(")", 1)[1].split()
-            except (OSError, IndexError):
-                continue
-            if int(fields[2]) == pgid and fields[0] != "Z":
-                return True
-        return False
+        return any(group == pgid and state != "Z" for _, _, group, state in _processes())

@@ -87,6 +87,9 @@ class EfficientNetLite0(BaseModule):
         self.frozen_stages = frozen_stages
         self.norm_eval = norm_eval
         self.pretrained = pretrained
+        # Frozen from the start, as mmdet's ResNet does: DDP takes the parameters that need a
+        # gradient when it wraps the model, before init_weights runs.
+        self._freeze()
 
     def init_weights(self) -> None:
         super().init_weights()

@@ -6,11 +6,14 @@
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import warnings
 from pathlib import Path
 
+from nailseg.distributed import configure, init_cpu_process_group
+from nailseg.files import write_atomic
 from nailseg.hub import reachable
 from nailseg.paths import DEFAULT_CONFIG
 
@@ -44,6 +47,8 @@ def build_config(
     lr: float | None = None,
     cfg_options: dict | None = None,
     load_from: str | Path | None = None,
+    launcher: str | None = None,
+    world_size: int = 1,
 ):
     """Load a config and point it at the output of ``nailseg convert``.
 
@@ -53,12 +58,15 @@ def build_config(
             ``dataset_root`` recorded in them.
         work_dir: where logs and checkpoints go (default ``work_dirs/<config name>``).
         epochs: passes over the training photos; iteration-based configs are converted to
-            iterations and their lr schedule stretched to match.
-        batch_size: photos per iteration.
+            iterations (of ``batch_size * world_size`` photos) and their lr schedule stretched to match.
+        batch_size: photos per iteration and process (per GPU).
         lr: optimizer learning rate.
         cfg_options: further ``key.sub=value`` overrides, applied last.
         load_from: weights to start from instead of the config's ``load_from``: a training
             checkpoint of yours (``.pth``) or exported weights (``.safetensors``).
+        launcher: ``pytorch`` (workers started by torchrun) or ``slurm`` (by ``srun``) for a
+            distributed run, see :func:`nailseg.distributed.configure`; None for one process.
+        world_size: processes in the whole run (GPUs, or CPU processes).
 
     Returns:
         An ``mmengine.Config`` ready for ``Runner.from_cfg``.
@@ -97,7 +105,8 @@ def build_config(
     iter_based = cfg.train_cfg.get("type") == "IterBasedTrainLoop"
     if epochs:
         if iter_based:
-            per_epoch = math.ceil(n_annotated / cfg.train_dataloader.batch_size)
+            # Every process takes its own batch_size photos per iteration (mmengine shards by rank).
+            per_epoch = math.ceil(n_annotated / (cfg.train_dataloader.batch_size * world_size))
             new = epochs * per_epoch
             _rescale_schedule(cfg, new / cfg.train_cfg.max_iters, by_epoch=False)
             cfg.train_cfg.max_iters = new
@@ -112,6 +121,8 @@ def build_config(
         cfg.merge_from_dict(cfg_options)
     if load_from:
         cfg.load_from = str(load_from)
+    if launcher:
+        configure(cfg, launcher)
     _drop_unreachable_downloads(cfg)
     return cfg
 
@@ -153,13 +164,17 @@ def _loadable(load_from: str | None, work_dir: Path) -> str | None:
     from nailseg.weights import load_state_dict
 
     work_dir.mkdir(parents=True, exist_ok=True)
-    out = work_dir / f"{Path(load_from).stem}.init.pth"
-    torch.save({"state_dict": load_state_dict(load_from)}, out)
-    return str(out)
+    buffer = io.BytesIO()
+    torch.save({"state_dict": load_state_dict(load_from)}, buffer)
+    # Atomic: every process of a distributed run writes the same file, and may read it at once.
+    return str(write_atomic(work_dir / f"{Path(load_from).stem}.init.pth", buffer.getvalue()))
 
 
 def train(cfg, resume: bool = False) -> Path:
     """Run training; with ``resume`` continue from the newest checkpoint in ``cfg.work_dir``.
+
+    In a distributed run (``cfg.launcher`` set by :func:`build_config`) every process calls this;
+    rank 0 alone writes the checkpoints and the log.
 
     Returns:
         Path of the newest checkpoint.
@@ -174,6 +189,7 @@ def train(cfg, resume: bool = False) -> Path:
     # mmengine reads checkpoints with torch.load's default, weights_only=True: name the plain
     # data types its own checkpoints hold, so no pickle is ever trusted with code.
     allow_mmengine_checkpoints()
+    init_cpu_process_group(cfg)
     runner = Runner.from_cfg(cfg)
     runner.train()
     last = Path(cfg.work_dir) / "last_checkpoint"

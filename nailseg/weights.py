@@ -289,6 +289,8 @@ def export_weights(checkpoint: str | Path, out: str | Path, half: bool = True) -
     cfg.work_dir = cfg.load_from = None
     data = json.loads(json.dumps(cfg.to_dict(), default=str))
     data.pop("custom_imports", None)  # nailseg registers its parts itself
+    for key in ("launcher", "model_wrapper_cfg"):  # how a training was run (processes, DDP), not the model
+        data.pop(key, None)
     inference_config(data)  # refuse to publish what the app would refuse to load
     write_atomic(out.with_suffix(".json"), json.dumps(data, indent=1))
     tensors = {

@@ -155,3 +155,67 @@ def traversal_zip(path: Path) -> Path:
         zf.writestr("images/a.txt", "x")
         zf.writestr("../evil.txt", "x")
     return path
+
+
+def ddp_probe(data: Path, work_dir: Path, out: Path, iters: int) -> None:
+    """One worker of a test training on several processes (run by torchrun: ``support.py ddp-probe``).
+
+    Trains through nailseg's own distributed path (``build_config(launcher="pytorch")`` and
+    ``train``), with ``iters`` iterations of one photo per process, and leaves in ``out`` what the
+    test compares: ``rank<R>.pt``, this rank's weights before and after training, and
+    ``rank<R>.json``, the photos it trained on and the files it opened for writing in ``work_dir``
+    (seen through Python's audit hook, so nothing in the training is changed to report them).
+    """
+    import json
+
+    import torch
+    from mmdet.registry import HOOKS
+    from mmengine.hooks import Hook
+
+    from nailseg.distributed import rank, world_size
+    from nailseg.paths import DEFAULT_CONFIG
+    from nailseg.train import build_config, train
+
+    written: list[str] = []
+
+    def audit(event: str, args: tuple) -> None:
+        # "open" carries (path, mode, flags) for open() and os.open() alike.
+        if event != "open" or not isinstance(args[0], str) or not args[0].startswith(str(work_dir)):
+            return
+        if args[2] & (os.O_WRONLY | os.O_RDWR | os.O_CREAT):
+            written.append(Path(args[0]).name)
+
+    sys.addaudithook(audit)
+    weights: dict[str, dict] = {}
+    photos: list[str] = []
+
+    @HOOKS.register_module(force=True)
+    class ProbeHook(Hook):
+        def before_train(self, runner) -> None:
+            weights["start"] = {k: v.detach().clone() for k, v in runner.model.module.state_dict().items()}
+
+        def after_train_iter(self, runner, batch_idx, data_batch=None, outputs=None) -> None:
+            photos.extend(Path(s.img_path).name for s in data_batch["data_samples"])
+
+        def after_train(self, runner) -> None:
+            weights["end"] = {k: v.detach().clone() for k, v in runner.model.module.state_dict().items()}
+
+    options = {"train_cfg.max_iters": iters, "train_cfg.val_interval": iters, "default_hooks.logger.interval": 1}
+    cfg = build_config(
+        DEFAULT_CONFIG,
+        data,
+        work_dir,
+        batch_size=1,
+        cfg_options=options,
+        launcher="pytorch",
+        world_size=world_size("pytorch"),
+    )
+    cfg.custom_hooks = [*cfg.get("custom_hooks", []), dict(type="ProbeHook")]
+    train(cfg)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.save(weights, out / f"rank{rank()}.pt")
+    (out / f"rank{rank()}.json").write_text(json.dumps({"photos": photos, "written": written}))
+
+
+if __name__ == "__main__" and sys.argv[1:2] == ["ddp-probe"]:
+    ddp_probe(Path(sys.argv[2]), Path(sys.argv[3]), Path(sys.argv[4]), int(sys.argv[5]))

@@ -23,6 +23,7 @@ import gradio as gr
 import pandas as pd
 
 from nailseg import access
+from nailseg.distributed import gpu_count
 from nailseg.jobs import JobError, JobStatus, TrainingJobs, TrainRequest
 from nailseg.paths import BUNDLED_WEIGHTS, CONFIG_DIR, DEFAULT_CONFIG, converted_root
 from nailseg.serving import STORE, code, number, scratch_dir
@@ -98,10 +99,22 @@ def device_note() -> str:
     """One line on the hardware training will use, read from torch."""
     import torch
 
-    if torch.cuda.is_available():
-        names = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
-        return f"GPU: **{', '.join(names)}**; training runs on it."
+    count = gpu_count()
+    if count == 1:
+        return f"GPU: **{torch.cuda.get_device_name(0)}**; training runs on it."
+    if count > 1:
+        names = ", ".join(f"{i}: {torch.cuda.get_device_name(i)}" for i in range(count))
+        return (
+            f"{count} GPUs: **{names}**. Training runs on as many as the GPUs field says, one process each; "
+            "the batch size is per GPU."
+        )
     return "No GPU here: training runs on the CPU. It works, but slowly: start with a few hundred iterations."
+
+
+def gpus_field():
+    """The GPUs field, shown only where torch sees more than one GPU, up to their number (default: all)."""
+    count = gpu_count()
+    return gr.update(visible=count > 1, maximum=max(1, count), value=max(1, count))
 
 
 def _clock(seconds: float | None) -> str:
@@ -204,8 +217,12 @@ def start(
     overrides: str,
     request: gr.Request,
     profile: gr.OAuthProfile | None,
+    gpus=None,
 ):
-    """Start a training with the form's values; empty or 0 fields keep the config's own."""
+    """Start a training with the form's values; empty or 0 fields keep the config's own.
+
+    ``gpus`` above 1 runs ``nailseg train --nproc`` (one process per GPU, through torchrun).
+    """
     access.require_owner(request, profile, "Training")
     folders = data_choices()
     if data not in folders:
@@ -219,6 +236,7 @@ def start(
     epochs = int(number(epochs or 0, "Epochs", 0, 10_000))
     batch_size = int(number(batch_size or 0, "Batch size", 0, 256))
     lr = number(lr or 0, "Learning rate", 0, 1)
+    gpus = int(number(gpus or 1, "GPUs", 1, max(1, gpu_count())))
     config = CONFIGS[config_label]
     request_ = TrainRequest(
         data=str(folders[data]),
@@ -229,6 +247,7 @@ def start(
         lr=lr or None,
         cfg_options=parse_overrides(overrides),
         load_from=str(weights) if weights else None,
+        nproc=gpus if gpus > 1 else None,
     )
     try:
         return _view(JOBS.start(request_))
@@ -316,6 +335,8 @@ def train_tab(demo: gr.Blocks) -> None:
         epochs = gr.Number(0, precision=0, minimum=0, label="Epochs (0: the config's schedule)")
         batch_size = gr.Number(4, precision=0, minimum=1, label="Batch size")
         lr = gr.Number(0, minimum=0, label="Learning rate (0: the config's)")
+        # Shown on page load where torch sees several GPUs (gpus_field).
+        gpus = gr.Number(1, precision=0, minimum=1, label="GPUs", visible=False, elem_id="train-gpus")
     overrides = gr.Textbox(
         label=f"Config overrides (optional; {', '.join(OVERRIDES)})", placeholder="train_cfg.max_iters=100 ..."
     )
@@ -343,9 +364,10 @@ def train_tab(demo: gr.Blocks) -> None:
     lists = [data, start_from]
     refresh.click(refresh_choices, lists, lists, api_name="train_lists")
     demo.load(refresh_choices, lists, lists, api_visibility="private")
+    demo.load(gpus_field, None, gpus, api_visibility="private")
     start_btn.click(
         start,
-        [config, data, start_from, epochs, batch_size, lr, overrides],
+        [config, data, start_from, epochs, batch_size, lr, overrides, gpus],
         view,
         api_name="train_start",
         concurrency_limit=1,

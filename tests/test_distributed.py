@@ -1,0 +1,271 @@
+"""Several processes: the launcher's plumbing (fast), and a real 2-process gloo training on CPU."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import gradio as gr
+import pytest
+import torch
+from support import DATA as ROBOFLOW
+from support import REPO
+
+from nailseg import cli, distributed
+from nailseg.datasets import convert_dataset, save_report
+from nailseg.jobs import STATE_NAME, TrainingJobs, TrainRequest, _alive
+from nailseg.paths import DEFAULT_CONFIG
+from nailseg.tabs import train as tab
+from nailseg.train import build_config
+
+OWNER = {"request": None, "profile": None}  # a private server: whoever opens the page is its owner
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("tiny")
+    save_report(convert_dataset(ROBOFLOW, valid_fraction=0.34, seed=0), out)
+    return out
+
+
+@pytest.fixture(autouse=True)
+def private_server(monkeypatch):
+    for var in ("SPACE_ID", "GRADIO_SERVER_NAME", "NAILSEG_AUTH", "OAUTH_CLIENT_ID"):
+        monkeypatch.delenv(var, raising=False)
+
+
+# --- configuration -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("launcher", "gpus", "backend", "wrapper"),
+    [
+        ("pytorch", 0, "gloo", dict(type="MMDistributedDataParallel", device_ids=None)),
+        ("pytorch", 2, "nccl", None),  # mmengine's own: NCCL, DDP on GPU LOCAL_RANK
+        ("slurm", 2, "nccl", None),
+    ],
+)
+def test_configure(tiny, monkeypatch, launcher, gpus, backend, wrapper):
+    monkeypatch.setattr(distributed, "gpu_count", lambda: gpus)
+    cfg = build_config(DEFAULT_CONFIG, tiny, launcher=launcher)
+    assert cfg.launcher == launcher
+    assert cfg.env_cfg.dist_cfg.backend == backend
+    got = cfg.get("model_wrapper_cfg")
+    assert got == wrapper if wrapper is None else {k: got[k] for k in wrapper} == wrapper
+
+
+@pytest.mark.parametrize(("launcher", "gpus", "message"), [("slurm", 0, "needs GPUs"), ("mpi", 0, "launcher must")])
+def test_configure_refuses(tiny, monkeypatch, launcher, gpus, message):
+    monkeypatch.setattr(distributed, "gpu_count", lambda: gpus)
+    with pytest.raises(ValueError, match=message):
+        build_config(DEFAULT_CONFIG, tiny, launcher=launcher)
+
+
+def test_one_process_config_is_untouched(tiny):
+    cfg = build_config(DEFAULT_CONFIG, tiny)
+    assert cfg.get("launcher", "none") == "none" and cfg.get("model_wrapper_cfg") is None
+
+
+@pytest.mark.parametrize("world", [1, 2, 3])
+def test_an_epoch_is_shared_among_the_processes(tiny, world):
+    cfg = build_config(DEFAULT_CONFIG, tiny, epochs=2, batch_size=1, world_size=world)
+    n_train = len(json.loads((tiny / "train.json").read_text())["images"])
+    assert cfg.train_cfg.max_iters == 2 * math.ceil(n_train / world)
+
+
+@pytest.mark.parametrize(
+    ("env", "launcher", "world", "rank"),
+    [
+        ({}, None, 1, 0),
+        ({}, "pytorch", 1, 0),
+        ({"WORLD_SIZE": "4", "RANK": "3"}, "pytorch", 4, 3),
+        ({"SLURM_NTASKS": "8", "SLURM_PROCID": "5"}, "slurm", 8, 5),
+    ],
+)
+def test_world_size_and_rank_from_the_environment(monkeypatch, env, launcher, world, rank):
+    for var in ("WORLD_SIZE", "RANK", "SLURM_NTASKS", "SLURM_PROCID"):
+        monkeypatch.delenv(var, raising=False)
+    for var, value in env.items():
+        monkeypatch.setenv(var, value)
+    assert distributed.world_size(launcher) == world and distributed.rank() == rank
+
+
+# --- the launcher ------------------------------------------------------------------------------
+
+
+def test_launch_hands_the_workers_to_torchrun(monkeypatch):
+    from torch.distributed import run
+
+    seen = []
+    monkeypatch.setattr(run, "main", seen.append)
+    monkeypatch.setattr(distributed, "gpu_count", lambda: 0)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    argv = ["train", "--data", "D", "--nproc", "2", "--cfg-options", "a=1"]
+    assert distributed.launch(argv, 2) == 0
+    # torchrun's own parser reads it as: 2 local workers running `python -m nailseg train --distributed ...`.
+    args = run.parse_args(seen[0])
+    assert args.standalone and args.nproc_per_node == "2" and args.module
+    assert [args.training_script, *args.training_script_args] == ["nailseg", "train", "--distributed", *argv[1:]]
+    assert os.environ["OMP_NUM_THREADS"] == str(max(1, os.cpu_count() // 2))  # the cores shared among them
+
+
+@pytest.mark.parametrize(("nproc", "gpus"), [(0, 0), (-1, 0), (3, 2)])
+def test_impossible_process_counts_are_refused(tiny, tmp_path, monkeypatch, capsys, nproc, gpus):
+    monkeypatch.setattr(distributed, "gpu_count", lambda: gpus)
+    argv = ["train", "--data", str(tiny), "--work-dir", str(tmp_path / "w"), "--nproc", str(nproc)]
+    assert cli.main(argv) == 2
+    assert "--nproc must be" in capsys.readouterr().err
+    assert not (tmp_path / "w").exists()
+
+
+# --- a real run: 2 CPU processes on gloo -------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def probe(tiny, tmp_path_factory) -> dict:
+    """Two iterations on 2 processes (one photo each per iteration), watched by support.ddp_probe."""
+    tmp = tmp_path_factory.mktemp("ddp")
+    work, out = tmp / "work", tmp / "probe"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+    run = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
+        + [str(REPO / "tests" / "support.py"), "ddp-probe", str(tiny), str(work), str(out), "2"],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    ranks = [torch.load(out / f"rank{r}.pt") for r in (0, 1)]
+    seen = [json.loads((out / f"rank{r}.json").read_text()) for r in (0, 1)]
+    return dict(work=work, weights=ranks, seen=seen, log=run.stdout + run.stderr)
+
+
+@pytest.mark.slow
+def test_two_processes_keep_identical_weights(probe):
+    """Each rank trained on other photos, yet both hold the same weights: the gradients were averaged."""
+    (r0, r1), (s0, s1) = probe["weights"], probe["seen"]
+    assert len(s0["photos"]) == len(s1["photos"]) == 2 and set(s0["photos"]).isdisjoint(s1["photos"])
+    assert r0["end"].keys() == r1["end"].keys()
+    assert all(torch.equal(r0["end"][k], r1["end"][k]) for k in r0["end"])
+    changed = [k for k in r0["end"] if not torch.equal(r0["start"][k], r0["end"][k])]
+    assert any(k.startswith("roi_head.") for k in changed) and any(k.startswith("backbone.") for k in changed)
+
+
+@pytest.mark.slow
+def test_only_rank_0_writes(probe):
+    from nailseg.weights import load_checkpoint
+
+    written0, written1 = probe["seen"][0]["written"], probe["seen"][1]["written"]
+    assert "iter_2.pth" in written0 and any(name.endswith(".log") for name in written0)
+    assert written1 == []
+    state = load_checkpoint(probe["work"] / "iter_2.pth")["state_dict"]
+    assert all(torch.equal(state[k], probe["weights"][0]["end"][k]) for k in state)
+
+
+@pytest.mark.slow
+def test_export_of_a_distributed_run_is_just_the_model(probe, tmp_path):
+    from nailseg.weights import export_weights, load_state_dict
+
+    out = export_weights(probe["work"] / "iter_2.pth", tmp_path / "m.safetensors")
+    config = json.loads(out.with_suffix(".json").read_text())
+    assert "launcher" not in config and "model_wrapper_cfg" not in config
+    assert load_state_dict(out).keys() == probe["weights"][0]["end"].keys()  # no DDP "module." prefix
+
+
+@pytest.mark.slow
+def test_nproc_resumes_a_distributed_run(probe, tiny):
+    """`nailseg train --nproc 2 --resume` (through torchrun) takes the 2-process run on to 4 iterations."""
+    work = probe["work"]
+    run = subprocess.run(
+        [sys.executable, "-m", "nailseg", "train", "--data", str(tiny), "--work-dir", str(work)]
+        + ["--nproc", "2", "--batch-size", "1", "--resume"]
+        + ["--cfg-options", "train_cfg.max_iters=4", "train_cfg.val_interval=4", "default_hooks.logger.interval=1"],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    log = run.stdout + run.stderr
+    assert "Iter(train) [1/4]" not in log and "Iter(train) [3/4]" in log and "Iter(train) [4/4]" in log
+    assert log.count(f"checkpoint: {work / 'iter_4.pth'}") == 1  # printed by rank 0 alone
+    newest = sorted(work.glob("*/*.log"))[-1].read_text()
+    assert "Distributed training: True" in newest and "GPU number: 2" in newest
+    assert "resumed" in newest.lower()
+    assert (work / "iter_4.pth").is_file()
+
+
+# --- the app: GPUs field, and stopping the workers ---------------------------------------------
+
+
+def test_request_argv_passes_nproc():
+    assert TrainRequest(data="/d", work_dir="/w", nproc=4).argv(python="py")[-2:] == ["--nproc", "4"]
+    assert "--nproc" not in TrainRequest(data="/d", work_dir="/w", nproc=1).argv(python="py")
+
+
+@pytest.mark.parametrize(("gpus", "visible", "maximum"), [(0, False, 1), (1, False, 1), (4, True, 4)])
+def test_gpus_field_only_with_several_gpus(monkeypatch, gpus, visible, maximum):
+    monkeypatch.setattr(tab, "gpu_count", lambda: gpus)
+    update = tab.gpus_field()
+    assert update["visible"] is visible and update["maximum"] == maximum
+
+
+def test_device_note_names_the_gpus_from_torch(monkeypatch):
+    monkeypatch.setattr(tab, "gpu_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda i: f"Card{i}X")
+    note = tab.device_note()
+    assert "2 GPUs" in note and "0: Card0X" in note and "1: Card1X" in note
+    monkeypatch.setattr(tab, "gpu_count", lambda: 0)
+    assert "No GPU" in tab.device_note()
+
+
+@pytest.mark.parametrize(("gpus", "asked", "nproc"), [(0, 2, None), (2, 3, None), (4, 4, 4), (4, 1, None)])
+def test_start_passes_the_gpus_on(tmp_path, monkeypatch, tiny, gpus, asked, nproc):
+    monkeypatch.setattr(tab, "gpu_count", lambda: gpus)
+    monkeypatch.setattr(tab, "data_roots", lambda: (tiny.parent,))
+    started = []
+    monkeypatch.setattr(tab.JOBS, "start", lambda request: started.append(request) or tab.JobStatus())
+    args = (next(iter(tab.CONFIGS)), tiny.name, None, None, 2, None, "")
+    if asked > max(1, gpus):
+        with pytest.raises(gr.Error, match="GPUs must be"):
+            tab.start(*args, **OWNER, gpus=asked)
+        assert started == []
+    else:
+        tab.start(*args, **OWNER, gpus=asked)
+        assert started[0].nproc == nproc
+
+
+def test_stop_reaches_workers_in_their_own_sessions(tmp_path):
+    """torchrun starts each worker with start_new_session: stopping the job's group alone would miss them."""
+    jobs = TrainingJobs(tmp_path)
+    worker = tmp_path / "worker.pid"
+    # A stand-in for torchrun: it starts a child in a new session and waits, as torchrun does.
+    code = (
+        "import subprocess, sys, time; "
+        "p = subprocess.Popen(['sleep', '60'], start_new_session=True); "
+        f"open({str(worker)!r}, 'w').write(str(p.pid)); time.sleep(60)"
+    )
+    parent = subprocess.Popen([sys.executable, "-c", code], start_new_session=True)
+    deadline = time.monotonic() + 30
+    while not worker.is_file() or not worker.read_text():
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    pid = int(worker.read_text())
+    state = dict(pid=parent.pid, argv=[], work_dir=str(tmp_path / "w"), started=time.time(), stop_requested=False)
+    (tmp_path / STATE_NAME).write_text(json.dumps(state))
+    try:
+        assert jobs.status().running
+        jobs.stop(timeout=5)
+        parent.wait(5)
+        deadline = time.monotonic() + 5
+        while _alive(pid, check_cmdline=False) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not _alive(pid, check_cmdline=False)
+    finally:
+        parent.kill()
+        if _alive(pid, check_cmdline=False):
+            os.kill(pid, 9)
