@@ -81,12 +81,14 @@ def _train(args: argparse.Namespace) -> int:
 
 def _predict(args: argparse.Namespace) -> int:
     from nailseg import outputs
+    from nailseg.draw import CropOptions
     from nailseg.files import unique_stems
     from nailseg.images import ImageError, load_image_rgb
     from nailseg.inference import load_model
 
+    options = CropOptions(args.margin, bool(args.crop_size), args.crop_size, args.background == "black", args.align)
     segmenter = load_model(args.weights, allow_py_config=True)
-    results, failed = [], 0
+    results, rows, failed = [], [], 0
     names = [str(p) for p in args.images]
     for image_id, (name, stem) in enumerate(zip(names, unique_stems(names)), start=1):
         try:
@@ -96,11 +98,12 @@ def _predict(args: argparse.Namespace) -> int:
             failed += 1
             continue
         nails = segmenter.predict(rgb, args.score_thr)
-        outputs.save_photo(args.out, stem, rgb, nails)
+        rows += outputs.save_photo(args.out, stem, rgb, nails, options, photo=name).crop_rows
         results += outputs.photo_results(nails, image_id, name)
         print(f"{name}: {len(nails)} nail(s)")
     path = outputs.write_predictions(args.out, results)
-    print(f"wrote {path} ({len(results)} nails, weights: {segmenter.weights.source})")
+    outputs.write_crops_csv(args.out, rows)
+    print(f"wrote {path} and {outputs.CROPS_CSV} ({len(results)} nails, weights: {segmenter.weights.source})")
     return 1 if failed == len(args.images) else 0
 
 
@@ -211,6 +214,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True, help="output folder")
     p.add_argument("--score-thr", type=float, default=DEFAULT_SCORE_THR, help="keep nails scoring at least this")
     p.add_argument("--weights", default=None, help=weights_help)
+    p.add_argument(
+        "--crop-size",
+        type=int,
+        default=None,
+        metavar="S",
+        help="every crop S x S pixels: the nail and its margin scaled to fit, padded (default: as cut)",
+    )
+    p.add_argument("--align", action="store_true", help="turn each crop so the nail's long axis is vertical, tip up")
+    p.add_argument(
+        "--margin", type=float, default=0.1, help="context around a nail, a fraction of its box's longer side"
+    )
+    p.add_argument(
+        "--background",
+        choices=["keep", "black"],
+        default="keep",
+        help="outside the nail in box crops (cut-outs are always transparent there)",
+    )
     p.set_defaults(func=_predict)
 
     p = sub.add_parser("evaluate", help="COCO bbox/segm AP of a model on a ground-truth file")

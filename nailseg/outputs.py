@@ -2,11 +2,14 @@
 
 Per photo: ``<stem>_overlay.png``, ``crops/<stem>_<k>_box.png`` and ``_cutout.png`` (k from 1),
 optionally ``masks/<stem>_<k>.png`` and ``masks/<stem>_all.png``. Per run: ``predictions.json``
-(COCO results, one per nail, with the photo's ``file_name`` as the user named it).
+(COCO results, one per nail, with the photo's ``file_name`` as the user named it) and
+``crops.csv`` (one row per nail: :data:`CROP_COLUMNS`), for a classifier's dataset loader.
 """
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,35 +21,32 @@ from nailseg import draw
 from nailseg.files import write_atomic
 from nailseg.result import Nails
 
-PREDICTIONS = "predictions.json"
+PREDICTIONS, CROPS_CSV = "predictions.json", "crops.csv"
+CROP_COLUMNS = ["crop", "cutout", "photo", "nail", "score", "x0", "y0", "x1", "y1", "angle_deg", "tip", "area"]
 
 
 @dataclass
 class NailImages:
-    """What one photo's nails look like as pictures: ``(H, W, 3)`` overlay, one crop and cut-out per nail."""
+    """What one photo's nails look like as pictures: ``(H, W, 3)`` overlay, one crop per nail."""
 
     overlay: np.ndarray
-    crops: list[np.ndarray]
-    cutouts: list[np.ndarray]
+    crops: list[draw.NailCrop]
 
 
 @dataclass
 class SavedPhoto:
-    """Paths written for one photo (see :func:`save_photo`)."""
+    """Paths written for one photo (see :func:`save_photo`), and its rows of ``crops.csv``."""
 
     overlay: Path
     crops: list[Path] = field(default_factory=list)
     cutouts: list[Path] = field(default_factory=list)
     masks: list[Path] = field(default_factory=list)
+    crop_rows: list[dict] = field(default_factory=list)
 
 
 def render_nails(image_rgb: np.ndarray, nails: Nails, options: draw.CropOptions = draw.CropOptions()) -> NailImages:
     """Overlay, box crops and cut-outs of a photo's nails, each drawn once."""
-    return NailImages(
-        draw.overlay(image_rgb, nails),
-        draw.crop_boxes(image_rgb, nails, options),
-        draw.cutouts(image_rgb, nails, options),
-    )
+    return NailImages(draw.overlay(image_rgb, nails), draw.crop_nails(image_rgb, nails, options))
 
 
 def save_png(path: Path, image: np.ndarray) -> Path:
@@ -67,18 +67,38 @@ def save_photo(
     options: draw.CropOptions = draw.CropOptions(),
     masks: bool = False,
     images: NailImages | None = None,
+    photo: str = "",
 ) -> SavedPhoto:
     """Write a photo's overlay, crops and cut-outs (and with ``masks`` its masks) under ``out_dir``.
 
     Args:
         images: the pictures when the caller already drew them (see :func:`render_nails`).
+        photo: the photo's name as the user gave it, for ``crops.csv`` (default ``stem``).
     """
     out_dir = Path(out_dir)
     images = images or render_nails(image_rgb, nails, options)
     saved = SavedPhoto(save_png(out_dir / f"{stem}_overlay.png", images.overlay))
-    for k, (box, cut) in enumerate(zip(images.crops, images.cutouts), start=1):
-        saved.crops.append(save_png(out_dir / "crops" / f"{stem}_{k}_box.png", box))
-        saved.cutouts.append(save_png(out_dir / "crops" / f"{stem}_{k}_cutout.png", cut))
+    records = nails.to_records()
+    for k, (crop, record) in enumerate(zip(images.crops, records), start=1):
+        saved.crops.append(save_png(out_dir / "crops" / f"{stem}_{k}_box.png", crop.box))
+        saved.cutouts.append(save_png(out_dir / "crops" / f"{stem}_{k}_cutout.png", crop.cutout))
+        x0, y0, x1, y1 = record["box_xyxy"]
+        saved.crop_rows.append(
+            {
+                "crop": f"crops/{stem}_{k}_box.png",
+                "cutout": f"crops/{stem}_{k}_cutout.png",
+                "photo": photo or stem,
+                "nail": k,
+                "score": record["score"],
+                "x0": x0,
+                "y0": y0,
+                "x1": x1,
+                "y1": y1,
+                "angle_deg": crop.angle_deg,
+                "tip": crop.tip,
+                "area": record["area"],
+            }
+        )
     if masks:
         for k, m in enumerate(nails.masks, start=1):
             saved.masks.append(save_png(out_dir / "masks" / f"{stem}_{k}.png", m.astype(np.uint8) * 255))
@@ -95,6 +115,19 @@ def write_predictions(out_dir: Path, results: list[dict]) -> Path:
     """Write ``out_dir/predictions.json`` (atomically): the COCO results of every photo."""
     Path(out_dir).mkdir(parents=True, exist_ok=True)
     return write_atomic(Path(out_dir) / PREDICTIONS, json.dumps(results))
+
+
+def write_crops_csv(out_dir: Path, rows: list[dict]) -> Path:
+    """Write ``out_dir/crops.csv`` (atomically): one row per nail crop, columns :data:`CROP_COLUMNS`.
+
+    Crop paths are relative to ``out_dir``; boxes are ``xyxy`` in pixels of the photo as segmented.
+    """
+    text = io.StringIO()
+    writer = csv.DictWriter(text, CROP_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    return write_atomic(Path(out_dir) / CROPS_CSV, text.getvalue())
 
 
 def read_predictions(out_dir: Path) -> list[dict]:

@@ -5,6 +5,7 @@ One app process serves the whole module (start-up loads the model once).
 
 from __future__ import annotations
 
+import csv
 import io
 import json
 import zipfile
@@ -81,7 +82,9 @@ def test_segment_zip_contents(client):
     assert f"{stem}_overlay.png" in names and "predictions.json" in names and f"masks/{stem}_all.png" in names
     for k in range(1, len(records) + 1):
         assert {f"crops/{stem}_{k}_box.png", f"crops/{stem}_{k}_cutout.png", f"masks/{stem}_{k}.png"} <= names
-    assert len(predictions) == len(records)
+    assert len(predictions) == len(records) > 0
+    crop_rows = list(csv.DictReader(io.StringIO(zf_text(zip_path, "crops.csv"))))
+    assert [int(r["nail"]) for r in crop_rows] == [r["number"] for r in records]
     from pycocotools import mask as mask_utils
 
     for pred, rec in zip(predictions, records):
@@ -89,6 +92,11 @@ def test_segment_zip_contents(client):
         assert int(mask_utils.area(pred["segmentation"])) == rec["area"]
     assert crop.shape == (224, 224, 3)  # default crop options: square, 224 px
     assert cutout.shape == (224, 224, 4) and 0 < (cutout[..., 3] > 0).mean() < 1
+
+
+def zf_text(zip_path, name: str) -> str:
+    with zipfile.ZipFile(zip_path) as zf:
+        return zf.read(name).decode()
 
 
 def test_threshold_one_says_no_nails(client):
@@ -100,14 +108,17 @@ def test_batch_returns_one_zip(client):
     from gradio_client import handle_file
 
     zip_path, summary = client.predict(
-        [handle_file(str(p)) for p in PHOTOS[:2]], 0.5, 0.1, True, 224, "kept", api_name="/segment_batch"
+        [handle_file(str(p)) for p in PHOTOS[:2]], 0.5, 0.1, True, 224, "keep", True, api_name="/segment_batch"
     )
-    names = zipfile.ZipFile(zip_path).namelist()
-    assert "predictions.json" in names
+    archive = zipfile.ZipFile(zip_path)
+    names = archive.namelist()
     for photo in PHOTOS[:2]:
         assert f"{photo.stem}/{photo.stem}_overlay.png" in names and photo.name in summary
-    image_ids = {p["image_id"] for p in json.loads(zipfile.ZipFile(zip_path).read("predictions.json"))}
-    assert image_ids <= {1, 2}
+    predictions = json.loads(archive.read("predictions.json"))
+    assert {p["image_id"] for p in predictions} == {1, 2}  # both photos have nails
+    rows = list(csv.DictReader(io.StringIO(archive.read("crops.csv").decode())))
+    assert len(rows) == len(predictions) and all(r["crop"] in names and r["cutout"] in names for r in rows)
+    assert {r["tip"] for r in rows} <= {"up", "unknown"} and {r["photo"] for r in rows} == {p.name for p in PHOTOS[:2]}
 
 
 def make_input(kind: str, tmp: Path) -> Path:

@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 from support import PHOTOS, bomb_zip, dataset_zip
 
-from nailseg import archives
+from nailseg import archives, outputs
 from nailseg.result import Nails
 from nailseg.serving import ModelStore, SessionStore, number
 from nailseg.tabs import dataset, segment
@@ -130,9 +130,9 @@ def test_coco_nails_round_trip(tmp_path):
 @pytest.mark.parametrize(
     ("args", "expected"),
     [
-        ((0.1, True, 224, "kept"), (0.1, True, 224, False)),
-        ((0, False, 0, "masked out"), (0.0, False, None, True)),
-        ((0.2, False, None, "kept"), (0.2, False, None, False)),
+        ((0.1, True, 224, "keep"), (0.1, True, 224, False)),
+        ((0, False, 0, "black"), (0.0, False, None, True)),
+        ((0.2, False, None, "keep"), (0.2, False, None, False)),
     ],
 )
 def test_crop_options(args, expected):
@@ -143,11 +143,11 @@ def test_crop_options(args, expected):
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        ((float("nan"), True, 224, "kept"), "Margin must be"),
-        ((0.1, True, float("inf"), "kept"), "Output size must be"),
-        ((0.1, True, 10**9, "kept"), "Output size must be"),
+        ((float("nan"), True, 224, "keep"), "Margin must be"),
+        ((0.1, True, float("inf"), "keep"), "Output size must be"),
+        ((0.1, True, 10**9, "keep"), "Output size must be"),
         ((0.1, True, 224, "<img src=x>"), "Background must be"),
-        ((-1, True, 224, "kept"), "Margin must be"),
+        ((-1, True, 224, "keep"), "Margin must be"),
     ],
 )
 def test_crop_options_refused(args, message):
@@ -176,11 +176,13 @@ def photo(name: str, height: int, width: int, n: int = 0) -> segment.SegmentedPh
 
 def test_render_without_nails_says_so():
     overlay, rows, records, gallery, zip_path, status = segment.render(
-        photo("blank", 40, 60), 0.5, segment.crop_options(0.1, True, 224, "kept")
+        photo("blank", 40, 60), 0.5, segment.crop_options(0.1, True, 224, "keep")
     )
     assert "No nails found" in status and rows == records == gallery == []
     assert np.asarray(Image.open(overlay)).shape == (40, 60, 3)
-    assert set(zipfile.ZipFile(zip_path).namelist()) == {"blank_overlay.png", "masks/blank_all.png", "predictions.json"}
+    names = {"blank_overlay.png", "masks/blank_all.png", "predictions.json", "crops.csv"}
+    assert set(zipfile.ZipFile(zip_path).namelist()) == names
+    assert zipfile.ZipFile(zip_path).read("crops.csv").decode().splitlines() == [",".join(outputs.CROP_COLUMNS)]
 
 
 def test_kept_photo_decodes_its_nails_by_threshold():

@@ -100,8 +100,8 @@ def test_predict_cli(photos, tmp_path):
     assert run.returncode == 0, run.stderr
     assert "broken.jpg" in run.stderr
     results = json.loads((out / "predictions.json").read_text())
-    assert {r["image_id"] for r in results} <= {1, 2}
-    assert {Path(r["file_name"]).name for r in results} <= {photos[0].name, photos[1].name}
+    assert {r["image_id"] for r in results} == {1, 2}  # both photos have nails; the broken one is skipped
+    assert {Path(r["file_name"]).name for r in results} == {photos[0].name, photos[1].name}
     for photo in photos[:2]:
         n = sum(Path(r["file_name"]).name == photo.name for r in results)
         assert (out / f"{photo.stem}_overlay.png").is_file()
@@ -135,3 +135,51 @@ def test_evaluate_cli_on_labelled_photos(tmp_path):
     assert scores["segm"]["AP50"] >= 0.8 and scores["bbox"]["AP50"] >= 0.8, scores
     results = json.loads(dump.read_text())
     assert results and min(r["score"] for r in results) < 0.5  # no score threshold in the dump
+
+
+def test_predict_classifier_crops_aligned(photos, tmp_path):
+    """`--crop-size 224 --align`: every crop 224 x 224, elongated nails stand upright, crops.csv lists them all."""
+    import csv
+
+    import cv2
+    from PIL import Image
+
+    out = tmp_path / "out"
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "nailseg",
+            "predict",
+            *map(str, photos),
+            "--out",
+            str(out),
+            "--crop-size",
+            "224",
+            "--align",
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert run.returncode == 0, run.stderr
+    results = json.loads((out / "predictions.json").read_text())
+    with open(out / "crops.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == len(results) > 0
+    expected, per_photo = [], {}
+    for result in results:  # nails numbered from 1 within each photo, in the same order
+        per_photo[result["file_name"]] = per_photo.get(result["file_name"], 0) + 1
+        expected.append((result["file_name"], per_photo[result["file_name"]]))
+    assert [(r["photo"], int(r["nail"])) for r in rows] == expected
+    upright = elongated = 0
+    for row in rows:
+        box, cutout = (np.asarray(Image.open(out / row[column])) for column in ("crop", "cutout"))
+        assert box.shape == (224, 224, 3) and cutout.shape == (224, 224, 4)
+        m = cv2.moments((cutout[..., 3] > 0).astype(np.uint8), binaryImage=True)
+        mu20, mu02, mu11 = m["mu20"], m["mu02"], m["mu11"]
+        spread = np.hypot((mu20 - mu02) / 2, mu11)
+        if (mu20 + mu02) / 2 + spread >= 1.44 * ((mu20 + mu02) / 2 - spread):  # axes ratio >= 1.2
+            elongated += 1
+            upright += abs(abs(0.5 * np.degrees(np.arctan2(2 * mu11, mu20 - mu02))) - 90) <= 10
+        assert row["tip"] in ("up", "unknown") and -180 <= float(row["angle_deg"]) <= 180
+    assert elongated >= 10 and upright >= 0.95 * elongated, (upright, elongated)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import cv2
 import numpy as np
 import pytest
 from pycocotools import mask as mask_utils
@@ -95,20 +96,74 @@ def test_crop_window(box, options, window):
     assert draw.crop_window(np.array(box, np.float32), options) == window
 
 
+def boxes_and_cutouts(image, nails, options):
+    crops = draw.crop_nails(image, nails, options)
+    return [c.box for c in crops], [c.cutout for c in crops]
+
+
 def test_crops_cutouts_and_sizes():
     rng = np.random.default_rng(0)
     image = rng.integers(0, 255, (40, 60, 3), dtype=np.uint8)
     nails = make_nails([(10, 10, 20, 30), (0, 0, 4, 4)])
-    boxes = draw.crop_boxes(image, nails, draw.CropOptions(margin=0))
+    boxes, _ = boxes_and_cutouts(image, nails, draw.CropOptions(margin=0))
     assert [b.shape for b in boxes] == [(20, 10, 3), (4, 4, 3)]
     assert np.array_equal(boxes[0], image[10:30, 10:20])
-    cuts = draw.cutouts(image, nails, draw.CropOptions(margin=0.5))
+    _, cuts = boxes_and_cutouts(image, nails, draw.CropOptions(margin=0.5))
     assert cuts[1].shape == (8, 8, 4)
     assert cuts[1][..., 3].sum() == 16 * 255  # alpha only on the 4x4 nail
     assert (cuts[1][:2, :2] == 0).all()  # outside the photo: transparent black padding
-    fixed = draw.crop_boxes(image, nails, draw.CropOptions(size=224, mask_background=True))
+    fixed, _ = boxes_and_cutouts(image, nails, draw.CropOptions(size=224, mask_background=True))
     assert all(c.shape == (224, 224, 3) for c in fixed)
-    assert draw.crop_boxes(image, make_nails([])) == []
+    assert draw.crop_nails(image, make_nails([])) == []
+    unaligned = draw.crop_nails(image, nails)[0]
+    assert (unaligned.angle_deg, unaligned.tip) == (0.0, "")
+
+
+SKIN, NAIL, BACKGROUND = (224, 172, 150), (240, 200, 210), (30, 120, 30)
+
+
+def finger(angle_deg: float, size: int = 300) -> tuple[np.ndarray, np.ndarray]:
+    """A photo of one finger whose tip points at ``angle_deg`` (clockwise from +x, as seen), and its nail."""
+    image = np.full((size, size, 3), BACKGROUND, np.uint8)
+    centre, t = np.array([size / 2, size / 2]), np.radians(angle_deg)
+    d, n = np.array([np.cos(t), np.sin(t)]), np.array([-np.sin(t), np.cos(t)])
+    tip, root = centre + d * 45, centre - d * size
+    cv2.fillConvexPoly(
+        image, np.array([tip + n * 32, tip - n * 32, root - n * 32, root + n * 32]).astype(np.int32), SKIN
+    )
+    mask = np.zeros((size, size), np.uint8)
+    cv2.ellipse(mask, (size // 2, size // 2), (40, 20), angle_deg, 0, 360, 1, -1)
+    image[mask > 0] = NAIL
+    return image, mask.astype(bool)
+
+
+@pytest.mark.parametrize("angle", range(-180, 180, 30))
+def test_aligned_crops_stand_the_nail_up_tip_first(angle):
+    image, mask = finger(angle)
+    ys, xs = np.nonzero(mask)
+    nails = Nails(
+        np.array([[xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]], np.float32), mask[None], np.ones(1, np.float32)
+    )
+    crop = draw.crop_nails(image, nails, draw.CropOptions(margin=0.6, size=224, align=True))[0]
+    assert crop.box.shape == (224, 224, 3) and crop.cutout.shape == (224, 224, 4)
+    alpha = crop.cutout[..., 3] > 0
+    m = cv2.moments(alpha.astype(np.uint8), binaryImage=True)
+    long_axis = 0.5 * np.degrees(np.arctan2(2 * m["mu11"], m["mu20"] - m["mu02"]))
+    assert abs(abs(long_axis) - 90) < 2  # vertical
+    rows = np.flatnonzero(alpha.any(axis=1))
+    column = int(np.flatnonzero(alpha.any(axis=0)).mean())
+    assert crop.tip == "up"
+    assert tuple(crop.box[max(rows[0] - 20, 0), column]) == BACKGROUND  # beyond the tip: background
+    assert tuple(crop.box[min(rows[-1] + 20, 223), column]) == SKIN  # below: the finger
+
+
+def test_a_round_nail_on_plain_skin_has_no_known_tip():
+    image = np.full((100, 100, 3), SKIN, np.uint8)
+    mask = np.zeros((100, 100), bool)
+    mask[40:60, 40:60] = True
+    nails = Nails(np.array([[40, 40, 60, 60]], np.float32), mask[None], np.ones(1, np.float32))
+    crop = draw.crop_nails(image, nails, draw.CropOptions(align=True))[0]
+    assert crop.tip == "unknown" and abs(crop.angle_deg) <= 90
 
 
 def test_combined_mask():

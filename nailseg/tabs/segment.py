@@ -26,7 +26,7 @@ from nailseg.weights import WeightsError
 
 TABLE_HEADERS = ["number", "score", "box_xyxy", "area"]
 WORK_SIDE = MAX_INFERENCE_SIDE  # the model sees at most this; so do the overlay, crops and zip here
-BACKGROUNDS = ["kept", "masked out"]
+BACKGROUNDS = ["keep", "black"]  # in box crops; the cut-outs are transparent outside the nail
 CROPS = draw.CropOptions(margin=0.1, square=True, size=224)  # the tab's defaults: classifier-ready
 MAX_CROP_SIZE = 2048
 MAX_BATCH = 50
@@ -93,12 +93,13 @@ def photo_input(**kwargs) -> gr.Image:
     return image
 
 
-def crop_options(margin, square, size, background) -> draw.CropOptions:
+def crop_options(margin, square, size, background, align=False) -> draw.CropOptions:
     """The UI's crop fields as :class:`~nailseg.draw.CropOptions` (size 0 or empty: keep pixels)."""
     if background not in BACKGROUNDS:
         raise gr.Error(f"Background must be one of {', '.join(BACKGROUNDS)}.")
     size = int(number(size or 0, "Output size", 0, MAX_CROP_SIZE))
-    return draw.CropOptions(number(margin, "Margin", 0, 1), bool(square), size or None, background == "masked out")
+    margin = number(margin, "Margin", 0, 1)
+    return draw.CropOptions(margin, bool(square), size or None, background == "black", bool(align))
 
 
 def read_photo(upload: Upload) -> tuple[np.ndarray, tuple[int, int]]:
@@ -155,8 +156,11 @@ def render(photo: SegmentedPhoto | None, score_thr: float, options: draw.CropOpt
     nails = photo.nails(score_thr)
     out = scratch_dir()
     images = outputs.render_nails(photo.image_rgb, nails, options)
-    saved = outputs.save_photo(out / "nails", photo.stem, photo.image_rgb, nails, options, masks=True, images=images)
+    saved = outputs.save_photo(
+        out / "nails", photo.stem, photo.image_rgb, nails, options, masks=True, images=images, photo=photo.name
+    )
     outputs.write_predictions(out / "nails", outputs.photo_results(nails, 1, photo.name))
+    outputs.write_crops_csv(out / "nails", saved.crop_rows)
     zip_path = write_zip(out / "nails", out / f"{photo.stem}_nails.zip")
     records = nails.to_records()
     rows = [[r["number"], r["score"], ", ".join(f"{v:.0f}" for v in r["box_xyxy"]), r["area"]] for r in records]
@@ -186,9 +190,9 @@ def segment(upload: Upload | str | None, score_thr, options: draw.CropOptions, k
     return (*render(photo, score_thr, options), SESSIONS.put(photo, photo.nbytes, key))
 
 
-def redraw(key: str | None, score_thr, margin, square, size, background):
+def redraw(key: str | None, score_thr, margin, square, size, background, align):
     """Redraw the visitor's photo for a new threshold or crop options (model run only below its floor)."""
-    options = crop_options(margin, square, size, background)
+    options = crop_options(margin, square, size, background, align)
     score_thr = number(score_thr, "Score threshold", 0, 1)
     photo = SESSIONS.get(key)
     if photo is None and key is not None:
@@ -199,16 +203,16 @@ def redraw(key: str | None, score_thr, margin, square, size, background):
     return (*render(photo, score_thr, options), options, key)
 
 
-def segment_batch(paths: list[str] | None, score_thr, margin, square, size, background) -> tuple[str, str]:
-    """Several photos in, one zip out (a folder per photo, one ``predictions.json``), and a summary."""
+def segment_batch(paths: list[str] | None, score_thr, margin, square, size, background, align) -> tuple[str, str]:
+    """Several photos in; one zip out (a folder per photo, ``predictions.json``, ``crops.csv``) and a summary."""
     if not paths:
         raise gr.Error("Add one or more photos first.")
     if len(paths) > MAX_BATCH:
         raise gr.Error(f"At most {MAX_BATCH} photos at once ({len(paths)} given).")
-    options = crop_options(margin, square, size, background)
+    options = crop_options(margin, square, size, background, align)
     score_thr = number(score_thr, "Score threshold", 0, 1)
     out = scratch_dir()
-    results, lines = [], []
+    results, rows, lines = [], [], []
     names = [Path(p).name for p in paths]  # Gradio keeps the visitor's file name
     for image_id, (path, name, stem) in enumerate(zip(paths, names, unique_stems(names)), start=1):
         try:
@@ -218,10 +222,12 @@ def segment_batch(paths: list[str] | None, score_thr, margin, square, size, back
             continue
         photo = detect(name, stem, image_rgb, original_size, score_thr)
         nails = photo.nails(score_thr)
-        outputs.save_photo(out / "nails" / stem, stem, image_rgb, nails, options, masks=True)
+        saved = outputs.save_photo(out / "nails" / stem, stem, image_rgb, nails, options, masks=True, photo=name)
+        rows += [{**r, "crop": f"{stem}/{r['crop']}", "cutout": f"{stem}/{r['cutout']}"} for r in saved.crop_rows]
         results += outputs.photo_results(nails, image_id, name)
         lines.append(f"- {code(name)}: {len(nails) or 'no'} nail(s)")
     outputs.write_predictions(out / "nails", results)
+    outputs.write_crops_csv(out / "nails", rows)
     return str(write_zip(out / "nails", out / "nails_batch.zip")), "\n".join(lines)
 
 
@@ -255,13 +261,14 @@ def segment_tab(examples: list[str]) -> None:
                     maximum=MAX_CROP_SIZE,
                     label="Output size (px, 0 = as cut)",
                 )
-                background = gr.Radio(BACKGROUNDS, value="kept", label="Background in box crops")
+                background = gr.Radio(BACKGROUNDS, value="keep", label="Background in box crops")
+                align = gr.Checkbox(value=CROPS.align, label="Align: long axis vertical, tip up where it can be told")
             gr.Examples(examples, inputs=photo, elem_id="examples")
         with gr.Column():
             status = gr.Markdown("Add a photo and press **Segment**.", elem_id="segment-status")
             overlay = gr.Image(label="Nails", type="filepath", interactive=False, elem_id="overlay")
             download = gr.File(
-                label="Download (crops, cut-outs, masks, overlay, predictions.json)", elem_id="segment-zip"
+                label="Download (crops, cut-outs, masks, overlay, predictions.json, crops.csv)", elem_id="segment-zip"
             )
     gallery = gr.Gallery(label="Crops", columns=8, height=220, fit_columns=False, object_fit="contain", elem_id="crops")
     with gr.Row():
@@ -287,15 +294,15 @@ def segment_tab(examples: list[str]) -> None:
         segment, [photo, score, options_state, session], [*shown, session], api_name="segment", concurrency_limit=2
     )
     gr.on(
-        [score.release, margin.release, square.change, size.change, background.change],
+        [score.release, margin.release, square.change, size.change, background.change, align.change],
         redraw,
-        [session, score, margin, square, size, background],
+        [session, score, margin, square, size, background, align],
         [*shown, options_state, session],
         api_name="render",
     )
     batch_button.click(
         segment_batch,
-        [batch_files, score, margin, square, size, background],
+        [batch_files, score, margin, square, size, background, align],
         [batch_zip, batch_summary],
         api_name="segment_batch",
         concurrency_limit=1,
