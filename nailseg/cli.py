@@ -80,31 +80,16 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _predict(args: argparse.Namespace) -> int:
-    from nailseg import outputs
+    from nailseg import predict
     from nailseg.draw import CropOptions
-    from nailseg.files import unique_stems
-    from nailseg.images import ImageError, load_image_rgb
-    from nailseg.inference import load_model
 
     options = CropOptions(args.margin, bool(args.crop_size), args.crop_size, args.background == "black", args.align)
-    segmenter = load_model(args.weights, allow_py_config=True)
-    results, rows, failed = [], [], 0
-    names = [str(p) for p in args.images]
-    for image_id, (name, stem) in enumerate(zip(names, unique_stems(names)), start=1):
-        try:
-            rgb = load_image_rgb(name)
-        except ImageError as err:
-            print(f"problem: {name}: {err}", file=sys.stderr)
-            failed += 1
-            continue
-        nails = segmenter.predict(rgb, args.score_thr)
-        rows += outputs.save_photo(args.out, stem, rgb, nails, options, photo=name).crop_rows
-        results += outputs.photo_results(nails, image_id, name)
-        print(f"{name}: {len(nails)} nail(s)")
-    path = outputs.write_predictions(args.out, results)
-    outputs.write_crops_csv(args.out, rows)
-    print(f"wrote {path} and {outputs.CROPS_CSV} ({len(results)} nails, weights: {segmenter.weights.source})")
-    return 1 if failed == len(args.images) else 0
+    settings = predict.Settings(args.weights, args.score_thr, options)
+    if args.distributed:  # one of the workers that `--nproc` started
+        return predict.run_worker(args.images, args.out, settings, resume=args.resume)
+    if args.nproc < 1:
+        raise ValueError(f"--nproc must be at least 1, got {args.nproc}")
+    return predict.run(args.images, args.out, settings, resume=args.resume, nproc=args.nproc, argv=args.argv)
 
 
 def _evaluate(args: argparse.Namespace) -> int:
@@ -209,8 +194,10 @@ def build_parser() -> argparse.ArgumentParser:
         "local .safetensors (its .json or .py config beside it) or hf://owner/repo[@rev]/file.safetensors "
         "(default: $NAILSEG_WEIGHTS, then the bundled model)"
     )
-    p = sub.add_parser("predict", help="segment photos: predictions.json, overlays, nail crops")
-    p.add_argument("images", type=Path, nargs="+", metavar="IMAGE", help="photos to segment")
+    p = sub.add_parser("predict", help="segment photos: predictions.json, crops.csv, overlays, nail crops")
+    p.add_argument(
+        "images", type=Path, nargs="+", metavar="IMAGE", help="photos, or folders (searched recursively) of photos"
+    )
     p.add_argument("--out", type=Path, required=True, help="output folder")
     p.add_argument("--score-thr", type=float, default=DEFAULT_SCORE_THR, help="keep nails scoring at least this")
     p.add_argument("--weights", default=None, help=weights_help)
@@ -231,6 +218,11 @@ def build_parser() -> argparse.ArgumentParser:
         default="keep",
         help="outside the nail in box crops (cut-outs are always transparent there)",
     )
+    p.add_argument("--resume", action="store_true", help="skip the photos already in OUT/predictions.json")
+    p.add_argument(
+        "--nproc", type=int, default=1, help="share the photos among this many processes (one per GPU, or CPU)"
+    )
+    p.add_argument("--distributed", action="store_true", help=argparse.SUPPRESS)  # set for --nproc's workers
     p.set_defaults(func=_predict)
 
     p = sub.add_parser("evaluate", help="COCO bbox/segm AP of a model on a ground-truth file")

@@ -3,7 +3,9 @@
 Per photo: ``<stem>_overlay.png``, ``crops/<stem>_<k>_box.png`` and ``_cutout.png`` (k from 1),
 optionally ``masks/<stem>_<k>.png`` and ``masks/<stem>_all.png``. Per run: ``predictions.json``
 (COCO results, one per nail, with the photo's ``file_name`` as the user named it) and
-``crops.csv`` (one row per nail: :data:`CROP_COLUMNS`), for a classifier's dataset loader.
+``crops.csv`` (one row per nail: :data:`CROP_COLUMNS`), for a classifier's dataset loader. While
+``nailseg predict --nproc N`` runs, each worker keeps its share in ``.shards/rank-<r>.json``
+(:func:`write_shard`), merged into those two files at the end (:mod:`nailseg.predict`).
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from nailseg import draw
 from nailseg.files import write_atomic
 from nailseg.result import Nails
 
-PREDICTIONS, CROPS_CSV = "predictions.json", "crops.csv"
+PREDICTIONS, CROPS_CSV, SHARDS = "predictions.json", "crops.csv", ".shards"
 CROP_COLUMNS = ["crop", "cutout", "photo", "nail", "score", "x0", "y0", "x1", "y1", "angle_deg", "tip", "area"]
 
 
@@ -134,3 +136,38 @@ def read_predictions(out_dir: Path) -> list[dict]:
     """The results a run wrote to ``out_dir/predictions.json`` (empty when there is none)."""
     path = Path(out_dir) / PREDICTIONS
     return json.loads(path.read_text()) if path.is_file() else []
+
+
+def read_crops_csv(out_dir: Path) -> list[dict]:
+    """The rows a run wrote to ``out_dir/crops.csv``, values as the text written (empty when none)."""
+    path = Path(out_dir) / CROPS_CSV
+    if not path.is_file():
+        return []
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def write_shard(out_dir: Path, rank: int, photos: list[dict]) -> Path:
+    """Write worker ``rank``'s photos so far to ``out_dir/.shards/rank-<rank>.json`` (atomically).
+
+    Args:
+        photos: one dict per photo tried: ``name``, ``image_id``, ``results`` (its COCO results,
+            as :func:`photo_results`), ``rows`` (its ``crops.csv`` rows) and ``failed`` (bool).
+    """
+    folder = Path(out_dir) / SHARDS
+    folder.mkdir(parents=True, exist_ok=True)
+    return write_atomic(folder / f"rank-{rank}.json", json.dumps(photos))
+
+
+def read_shards(out_dir: Path) -> list[dict]:
+    """Every worker's photos (see :func:`write_shard`), in no particular order; empty when none."""
+    return [p for path in sorted((Path(out_dir) / SHARDS).glob("rank-*.json")) for p in json.loads(path.read_text())]
+
+
+def remove_shards(out_dir: Path) -> None:
+    """Delete the workers' files once merged (or stale)."""
+    folder = Path(out_dir) / SHARDS
+    for path in folder.glob("rank-*.json"):
+        path.unlink()
+    if folder.is_dir() and not any(folder.iterdir()):
+        folder.rmdir()

@@ -269,3 +269,157 @@ def test_stop_reaches_workers_in_their_own_sessions(tmp_path):
         parent.kill()
         if _alive(pid, check_cmdline=False):
             os.kill(pid, 9)
+
+
+# --- prediction: folders, resume, shards ------------------------------------------------------
+
+
+def test_collect_images_walks_folders(tmp_path):
+    from nailseg.predict import collect_images
+
+    for name in ("b/2.jpg", "b/deep/3.PNG", "a/1.jpeg", "a/notes.txt", "a/x.webp", "out/old_overlay.png"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_bytes(b"")
+    (tmp_path / "empty").mkdir()
+    given = tmp_path / "a" / "notes.txt"  # named on the command line: taken as given
+    names = collect_images([tmp_path, given, tmp_path / "b", tmp_path / "missing.jpg"], exclude=tmp_path / "out")
+    rel = [str(Path(n).relative_to(tmp_path)) for n in names]
+    assert rel == ["a/1.jpeg", "a/x.webp", "b/2.jpg", "b/deep/3.PNG", "a/notes.txt", "missing.jpg"]
+    assert collect_images([tmp_path / "empty"]) == []
+
+
+def test_plan_numbers_from_1_and_keeps_stems_apart():
+    from nailseg.predict import plan
+
+    photos = plan(["x/a.jpg", "y/a.jpg", "b.png"])
+    assert [(p.image_id, p.stem) for p in photos] == [(1, "a"), (2, "a-2"), (3, "b")]
+
+
+def _entry(name, image_id, nails):
+    results = [{"file_name": name, "image_id": image_id, "score": 0.5 + k / 10} for k in range(nails)]
+    rows = [{"photo": name, "nail": k + 1, "score": 0.5 + k / 10} for k in range(nails)]
+    return dict(name=name, image_id=image_id, results=results, rows=rows, failed=False)
+
+
+def test_merge_is_in_image_order_and_resume_renumbers(tmp_path, capsys):
+    from nailseg import outputs
+    from nailseg.predict import plan, previous_results, save_merged
+
+    entries = [_entry("c.jpg", 3, 1), _entry("a.jpg", 1, 2), _entry("b.jpg", 2, 0)]
+    save_merged(tmp_path, entries)
+    assert [r["file_name"] for r in outputs.read_predictions(tmp_path)] == ["a.jpg", "a.jpg", "c.jpg"]
+    assert [(r["photo"], r["nail"]) for r in outputs.read_crops_csv(tmp_path)] == [
+        ("a.jpg", "1"),
+        ("a.jpg", "2"),
+        ("c.jpg", "1"),
+    ]
+    # A stopped --nproc run left a shard: b.jpg (no nails) and a failed photo that must be tried again.
+    outputs.write_shard(tmp_path, 1, [_entry("b.jpg", 2, 0), {**_entry("d.jpg", 4, 0), "failed": True}])
+    # Resumed with another list: a.jpg is now photo 2; gone.jpg was never there; old.jpg is left out.
+    save_merged(tmp_path, [*entries, _entry("old.jpg", 4, 1)])
+    kept = previous_results(tmp_path, plan(["new.jpg", "a.jpg", "b.jpg", "c.jpg", "d.jpg"]))
+    assert sorted(kept) == ["a.jpg", "b.jpg", "c.jpg"]
+    assert [r["image_id"] for r in kept["a.jpg"]["results"]] == [2, 2] and kept["c.jpg"]["image_id"] == 4
+    assert len(kept["a.jpg"]["rows"]) == 2
+    assert "1 photo(s) of the earlier run are not among the inputs" in capsys.readouterr().err
+    assert previous_results(tmp_path / "nothing", plan(["a.jpg"])) == {}
+
+
+def test_predict_without_photos_is_an_error(tmp_path, capsys):
+    (tmp_path / "in").mkdir()
+    assert cli.main(["predict", str(tmp_path / "in"), "--out", str(tmp_path / "out")]) == 2
+    assert "no photo found" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def photo_tree(tmp_path_factory) -> Path:
+    """The six test photos in nested folders, one of them twice (same name), and a broken .jpg."""
+    import shutil
+
+    from support import PHOTOS
+
+    root = tmp_path_factory.mktemp("photos")
+    for i, photo in enumerate(PHOTOS):
+        folder = root / ("a" if i % 2 else "b/c")
+        folder.mkdir(parents=True, exist_ok=True)
+        shutil.copy(photo, folder / photo.name)
+    shutil.copy(PHOTOS[0], root / "a" / PHOTOS[0].name)  # the same name in two folders: two stems
+    (root / "a" / "broken.jpg").write_bytes(b"not a photo")
+    return root
+
+
+def _predict(*args: str) -> subprocess.CompletedProcess:
+    # One thread per process in every run: on a CPU the last digits of a score or box depend on
+    # the number of threads that computed them, and these runs compare bytes.
+    return subprocess.run(
+        [sys.executable, "-m", "nailseg", "predict", *args],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+
+
+def _files(out: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(out)): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def one_process(photo_tree, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("one") / "out"
+    run = _predict(str(photo_tree), "--out", str(out), "--crop-size", "64")
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "broken.jpg" in run.stderr
+    return out
+
+
+@pytest.mark.slow
+def test_sharded_predict_equals_one_process(photo_tree, one_process, tmp_path):
+    out = tmp_path / "out"
+    run = _predict(str(photo_tree), "--out", str(out), "--crop-size", "64", "--nproc", "2")
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "rank 0:" in run.stdout and "rank 1:" in run.stdout  # both workers took a share
+    one, sharded = _files(one_process), _files(out)
+    assert sorted(sharded) == sorted(one)  # the same pictures, no shard left behind
+    assert sharded["predictions.json"] == one["predictions.json"]
+    assert sharded["crops.csv"] == one["crops.csv"]
+    from nailseg.predict import collect_images, plan
+
+    photos = plan(collect_images([photo_tree]))
+    results = json.loads(one["predictions.json"])
+    # Every photo but the broken one has nails, under its place in the sorted walk.
+    assert {(r["image_id"], r["file_name"]) for r in results} == {
+        (p.image_id, p.name) for p in photos if not p.name.endswith("broken.jpg")
+    }
+    assert len(photos) == 8 and len({p.stem for p in photos}) == 8
+
+
+@pytest.mark.slow
+def test_resume_skips_what_was_done(photo_tree, one_process, tmp_path):
+    """A run stopped after 3 photos (2 in predictions.json, 1 in a worker's shard) is finished by --resume."""
+    from nailseg import outputs
+    from nailseg.predict import collect_images, plan
+
+    out = tmp_path / "out"
+    names = [p.name for p in plan(collect_images([photo_tree]))]
+    results, rows = outputs.read_predictions(one_process), outputs.read_crops_csv(one_process)
+    entries = [
+        dict(
+            name=name,
+            image_id=i,
+            results=[r for r in results if r["file_name"] == name],
+            rows=[r for r in rows if r["photo"] == name],
+            failed=False,
+        )
+        for i, name in enumerate(names, start=1)
+    ]
+    outputs.write_predictions(out, [r for e in entries[:2] for r in e["results"]])
+    outputs.write_crops_csv(out, [r for e in entries[:2] for r in e["rows"]])
+    outputs.write_shard(out, 0, [entries[3]])
+    run = _predict(str(photo_tree), "--out", str(out), "--crop-size", "64", "--nproc", "2", "--resume")
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "resume: 3 photo(s) done before, 5 to go" in run.stderr
+    assert all(f"{names[i]}:" not in run.stdout for i in (0, 1, 3))  # not segmented again
+    assert (out / "predictions.json").read_bytes() == (one_process / "predictions.json").read_bytes()
+    assert (out / "crops.csv").read_bytes() == (one_process / "crops.csv").read_bytes()
+    assert not (out / outputs.SHARDS).exists()

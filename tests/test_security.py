@@ -101,7 +101,7 @@ def public(tmp_path_factory):
 
 OWNER_ACTIONS = [
     ("switch_weights", lambda path: ["/tmp/x.safetensors"]),
-    ("train_start", lambda path: [None, "any", None, 0, 4, 0, f"load_from={path}"]),
+    ("train_start", lambda path: [None, "any", None, 0, 4, 0, f"load_from={path}", 1]),
     ("train_stop", lambda path: []),
     ("train_export", lambda path: []),
     ("train_use_model", lambda path: []),
@@ -158,7 +158,7 @@ def test_row2_no_path_or_pickle_reaches_training(private, tmp_path):
         (name, FROM_CONFIG, f"load_from={evil_path}", "KEY=VALUE with KEY one of"),
         (name, FROM_CONFIG, "custom_imports.imports=['os']", "KEY=VALUE with KEY one of"),
     ]:
-        event, message = call(private, "train_start", config, data, start_from, 0, 4, 0, overrides)
+        event, message = call(private, "train_start", config, data, start_from, 0, 4, 0, overrides, 1)
         assert event == "error" and refusal in str(message), message
     event, status = call(private, "train_status")
     assert event == "complete" and "No training yet" in status[0]

@@ -1,0 +1,258 @@
+"""A ``nailseg predict`` run: which photos, in which order, on how many processes, and the merge.
+
+* :func:`collect_images`: files as given; folders walked recursively for :data:`IMAGE_EXTENSIONS`.
+* Every photo gets its ``image_id`` (its place in that list, from 1) and its output stem once, from
+  the whole list (:func:`plan`), so a worker that segments a share of it writes what one process
+  would have written for those photos.
+* ``resume``: photos already in ``DIR/predictions.json`` (or in the shards of a stopped
+  ``--nproc`` run) are not segmented again; their results and ``crops.csv`` rows are kept. A
+  photo without nails leaves no result there, so it is segmented again.
+* ``nproc`` > 1: :func:`nailseg.distributed.launch` starts N copies of the command through
+  torchrun; worker ``r`` takes photos ``r, r + N, ...`` and keeps its results in a shard
+  (:func:`nailseg.outputs.write_shard`); the launching process merges the shards in image order.
+
+While a run goes on, its results are saved every :data:`SAVE_EVERY_S` seconds (one process:
+``predictions.json`` and ``crops.csv``; a worker: its shard), so a stopped run can be resumed.
+Files are written by :mod:`nailseg.outputs` only.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from nailseg import distributed, outputs
+from nailseg.draw import CropOptions
+from nailseg.files import unique_stems
+
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"})
+SAVE_EVERY_S = 60.0
+
+
+@dataclass(frozen=True)
+class Photo:
+    """One photo of a run: ``image_id`` (from 1, its place in the run), ``name`` as given, output ``stem``."""
+
+    image_id: int
+    name: str
+    stem: str
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What every photo of a run is segmented with (the command line's options)."""
+
+    weights: str | None = None
+    score_thr: float = 0.5
+    options: CropOptions = CropOptions()
+
+
+def collect_images(inputs: Iterable[str | Path], exclude: str | Path | None = None) -> list[str]:
+    """The photos named by ``inputs``, as path strings, in order, each once.
+
+    A file is taken as given, whatever its extension (an unreadable one is reported when read);
+    a folder gives its files with an :data:`IMAGE_EXTENSIONS` suffix (any case), recursively,
+    sorted by path, leaving out anything under ``exclude`` (the output folder).
+    """
+    names: list[str] = []
+    skip = Path(exclude).resolve() if exclude else None
+    for item in inputs:
+        folder = Path(item)
+        if not folder.is_dir():
+            names.append(str(item))
+            continue
+        for path in sorted(folder.rglob("*")):
+            if path.suffix.lower() not in IMAGE_EXTENSIONS or not path.is_file():
+                continue
+            if skip and path.resolve().is_relative_to(skip):
+                continue
+            names.append(str(path))
+    return list(dict.fromkeys(names))
+
+
+def plan(names: list[str]) -> list[Photo]:
+    """Image ids and unique output stems of a run's photos, from the whole list."""
+    return [Photo(i, name, stem) for i, (name, stem) in enumerate(zip(names, unique_stems(names)), start=1)]
+
+
+def previous_results(out_dir: Path, photos: list[Photo], shards: bool = True) -> dict[str, dict]:
+    """Photos of ``photos`` that an earlier run in ``out_dir`` segmented, by name.
+
+    From ``predictions.json`` with ``crops.csv``, and (with ``shards``) from the shards a stopped
+    ``--nproc`` run left. Each value is a photo entry as :func:`nailseg.outputs.write_shard`
+    describes, its results renumbered to this run's ``image_id``.
+    """
+    ids = {p.name: p.image_id for p in photos}
+    found: dict[str, dict] = {}
+    for result in outputs.read_predictions(out_dir):
+        entry = found.setdefault(result["file_name"], _entry(result["file_name"], 0))
+        entry["results"].append(result)
+    for row in outputs.read_crops_csv(out_dir):
+        if row["photo"] in found:
+            found[row["photo"]]["rows"].append(row)
+    if shards:
+        found.update((e["name"], e) for e in outputs.read_shards(out_dir) if not e["failed"])
+    if gone := len(found.keys() - ids.keys()):
+        print(f"note: {gone} photo(s) of the earlier run are not among the inputs: left out", file=sys.stderr)
+    return {
+        name: {**e, "image_id": ids[name], "results": [{**r, "image_id": ids[name]} for r in e["results"]]}
+        for name, e in found.items()
+        if name in ids
+    }
+
+
+def save_merged(out_dir: Path, entries: Iterable[dict]) -> Path:
+    """Write ``predictions.json`` and ``crops.csv`` of photo entries, in image order.
+
+    The order is the one-process run's whatever order the entries come in: a merged ``--nproc``
+    run writes the same files as one process.
+    """
+    ordered = sorted(entries, key=lambda e: e["image_id"])
+    outputs.write_crops_csv(out_dir, [row for e in ordered for row in e["rows"]])
+    return outputs.write_predictions(out_dir, [r for e in ordered for r in e["results"]])
+
+
+def run(
+    inputs: Iterable[str | Path],
+    out_dir: Path,
+    settings: Settings = Settings(),
+    resume: bool = False,
+    nproc: int = 1,
+    argv: list[str] | None = None,
+) -> int:
+    """Segment the photos of ``inputs`` into ``out_dir`` on ``nproc`` processes.
+
+    Args:
+        inputs: photos and folders (see :func:`collect_images`).
+        resume: keep what an earlier run in ``out_dir`` segmented, do the rest.
+        nproc: processes (one per GPU where there are GPUs); above 1 the workers are started with
+            ``argv`` (the ``nailseg`` arguments, ``["predict", ...]``) plus ``--distributed``.
+
+    Returns:
+        The exit status: 1 when every photo tried failed or a worker failed, else 0.
+
+    Raises:
+        ValueError: no photo found in ``inputs``.
+    """
+    out_dir = Path(out_dir)
+    photos = plan(collect_images(inputs, exclude=out_dir))
+    if not photos:
+        raise ValueError("no photo found (folders are searched for " + ", ".join(sorted(IMAGE_EXTENSIONS)) + ")")
+    kept = previous_results(out_dir, photos) if resume else {}
+    todo = [p for p in photos if p.name not in kept]
+    if resume:
+        print(f"resume: {len(kept)} photo(s) done before, {len(todo)} to go", file=sys.stderr)
+    if nproc <= 1 or not todo:
+        outputs.remove_shards(out_dir)  # stale, or just folded into `kept`
+        done, source = _segment(todo, out_dir, settings, None, _saver(out_dir, kept)) if todo else ([], "-")
+        path = save_merged(out_dir, [*kept.values(), *done])
+        nails = sum(len(e["results"]) for e in [*kept.values(), *done])
+        print(f"wrote {path} and {outputs.CROPS_CSV} ({nails} nails, weights: {source})")
+        return _status(done)
+    if not argv:
+        raise ValueError("the workers' arguments (argv) are needed for nproc > 1")
+    # Workers read what was done from predictions.json alone: fold the old shards into it first,
+    # so that their new shards (named by rank) replace nothing that is not merged.
+    save_merged(out_dir, kept.values())
+    outputs.remove_shards(out_dir)
+    code = distributed.launch(argv, nproc)
+    done = outputs.read_shards(out_dir)
+    path = save_merged(out_dir, [*kept.values(), *done])
+    outputs.remove_shards(out_dir)
+    nails = sum(len(e["results"]) for e in [*kept.values(), *done])
+    print(f"wrote {path} and {outputs.CROPS_CSV} ({nails} nails, {len(done)} photos on {nproc} processes)")
+    if code:
+        left = len(todo) - len(done)
+        print(f"error: a worker failed; {left} photo(s) not done: run again with --resume", file=sys.stderr)
+    return code or _status(done)
+
+
+def run_worker(inputs: Iterable[str | Path], out_dir: Path, settings: Settings, resume: bool = False) -> int:
+    """One worker of :func:`run` with ``nproc`` > 1 (torchrun's ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``).
+
+    Takes photos ``rank, rank + world_size, ...`` of what is left to do and saves them to its
+    shard; only rank 0 shows a progress bar. Returns 0 (photos that fail are recorded as such).
+    """
+    out_dir = Path(out_dir)
+    rank, world = distributed.rank(), distributed.world_size("pytorch")
+    photos = plan(collect_images(inputs, exclude=out_dir))
+    # Not the shards: those are this run's, being written by the other workers (the launching
+    # process folded older ones into predictions.json), and every worker must see the same list.
+    kept = previous_results(out_dir, photos, shards=False) if resume else {}
+    share = [p for p in photos if p.name not in kept][rank::world]
+    device = f"cuda:{os.environ.get('LOCAL_RANK', '0')}" if distributed.gpu_count() else "cpu"
+    # torchrun stops the workers with SIGTERM (one failed, or Ctrl-C): exit through `finally`,
+    # which saves the shard, so that --resume skips what was done.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+
+    def save(done: list[dict]) -> None:
+        outputs.write_shard(out_dir, rank, done)
+
+    done, source = _segment(share, out_dir, settings, device, save, f"rank {rank} of {world}", show=rank == 0)
+    print(f"rank {rank}: {len(done)} photo(s), weights: {source}")
+    return 0
+
+
+def _entry(name: str, image_id: int) -> dict:
+    return dict(name=name, image_id=image_id, results=[], rows=[], failed=False)
+
+
+def _saver(out_dir: Path, kept: dict[str, dict]) -> Callable[[list[dict]], object]:
+    return lambda done: save_merged(out_dir, [*kept.values(), *done])
+
+
+def _status(done: list[dict]) -> int:
+    return 1 if done and all(e["failed"] for e in done) else 0
+
+
+def _segment(
+    photos: list[Photo],
+    out_dir: Path,
+    settings: Settings,
+    device: str | None,
+    save: Callable[[list[dict]], object],
+    desc: str | None = None,
+    show: bool = True,
+) -> tuple[list[dict], str]:
+    """Segment ``photos`` one by one, writing their pictures; ``save(done)`` every SAVE_EVERY_S and at the end.
+
+    A progress bar goes to stderr when ``show`` and it is a terminal. Returns the photo entries
+    and the weights' source (for the summary line).
+    """
+    from tqdm import tqdm
+
+    from nailseg.images import ImageError, load_image_rgb
+    from nailseg.inference import load_model
+
+    segmenter = load_model(settings.weights, device=device, allow_py_config=True)
+    done: list[dict] = []
+    # delay: the bar appears once a run has taken 2 s, so a photo or two prints no bar.
+    bar = tqdm(photos, unit="photo", desc=desc, disable=not (show and sys.stderr.isatty()), delay=2)
+    saved = time.monotonic()
+    try:
+        for photo in bar:
+            entry = _entry(photo.name, photo.image_id)
+            try:
+                rgb = load_image_rgb(photo.name)
+            except ImageError as err:
+                tqdm.write(f"problem: {photo.name}: {err}", file=sys.stderr)
+                done.append({**entry, "failed": True})
+                continue
+            nails = segmenter.predict(rgb, settings.score_thr)
+            saved_photo = outputs.save_photo(out_dir, photo.stem, rgb, nails, settings.options, photo=photo.name)
+            entry["rows"] = saved_photo.crop_rows
+            entry["results"] = outputs.photo_results(nails, photo.image_id, photo.name)
+            done.append(entry)
+            tqdm.write(f"{photo.name}: {len(nails)} nail(s)", file=sys.stdout)
+            if time.monotonic() - saved > SAVE_EVERY_S:
+                save(done)
+                saved = time.monotonic()
+    finally:
+        bar.close()
+        save(done)
+    return done, segmenter.weights.source
