@@ -10,7 +10,8 @@ Runs alternate between the process counts, ``--repeats`` times; medians are prin
     .venv/bin/python bench/train_speed.py --nproc 1 2 4 8 --batch-size 4  # a machine with 8 GPUs
 
 Where there are GPUs, ``--nproc`` counts GPUs (NCCL, one process each); without, CPU processes on
-gloo, each given ``cores / N`` threads.
+gloo, each given ``cores / N`` threads, or ``--threads`` (``OMP_NUM_THREADS``) to compare at equal
+threads per process.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ ROOT = Path(__file__).resolve().parent.parent
 TEST_DATA = ROOT / "tests" / "data" / "nails-roboflow"
 
 
-def run_once(data: Path, nproc: int, batch_size: int, iters: int, warmup: int, work: Path) -> dict:
+def run_once(data: Path, nproc: int, batch_size: int, iters: int, warmup: int, work: Path, env: dict) -> dict:
     """One training run; returns its images/s (steady state) and wall time (s, start to exit)."""
     options = [
         f"train_cfg.max_iters={iters}",
@@ -40,7 +41,7 @@ def run_once(data: Path, nproc: int, batch_size: int, iters: int, warmup: int, w
     argv = [sys.executable, "-m", "nailseg", "train", "--data", str(data), "--work-dir", str(work)]
     argv += ["--nproc", str(nproc), "--batch-size", str(batch_size), "--cfg-options", *options]
     start = time.perf_counter()
-    proc = subprocess.run(argv, capture_output=True, text=True, cwd=ROOT)
+    proc = subprocess.run(argv, capture_output=True, text=True, cwd=ROOT, env=env)
     wall = time.perf_counter() - start
     if proc.returncode:
         sys.exit(f"nailseg train --nproc {nproc} failed:\n{proc.stderr[-3000:]}")
@@ -57,7 +58,9 @@ def main() -> None:
     parser.add_argument("--iters", type=int, default=12, help="iterations per run")
     parser.add_argument("--warmup", type=int, default=3, help="first iterations left out of the timing")
     parser.add_argument("--repeats", type=int, default=3, help="runs per process count, alternating")
+    parser.add_argument("--threads", type=int, default=None, help="OMP_NUM_THREADS of every process")
     args = parser.parse_args()
+    env = {**os.environ, **({"OMP_NUM_THREADS": str(args.threads)} if args.threads else {})}
 
     with tempfile.TemporaryDirectory() as tmp:
         data = args.data
@@ -70,12 +73,14 @@ def main() -> None:
 
         gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
         where = f"{gpus} GPU(s): {torch.cuda.get_device_name(0)}" if gpus else f"CPU, {os.cpu_count()} cores"
-        print(f"{where}; batch {args.batch_size} per process, {args.iters} iterations, {args.warmup} left out")
+        threads = f"{args.threads} thread(s)" if args.threads else "default threads"
+        print(f"{where}; batch {args.batch_size} per process, {threads}, {args.iters} iterations", end="")
+        print(f", the first {args.warmup} left out")
         results: dict[int, list[dict]] = {n: [] for n in args.nproc}
         for repeat in range(args.repeats):
             for n in args.nproc:
                 work = Path(tmp) / f"w{n}_{repeat}"
-                results[n].append(run_once(data, n, args.batch_size, args.iters, args.warmup, work))
+                results[n].append(run_once(data, n, args.batch_size, args.iters, args.warmup, work, env))
         base = None
         for n, runs in results.items():
             speed = statistics.median(r["images_per_s"] for r in runs)
