@@ -175,10 +175,10 @@ def photo(name: str, height: int, width: int, n: int = 0) -> segment.SegmentedPh
 
 
 def test_render_without_nails_says_so():
-    overlay, rows, records, gallery, zip_path, status = segment.render(
+    overlay, table, records, gallery, zip_path, status = segment.render(
         photo("blank", 40, 60), 0.5, segment.crop_options(0.1, True, 224, "keep")
     )
-    assert "No nails found" in status and rows == records == gallery == []
+    assert "No nails found" in status and table == "" and records == gallery == []
     assert np.asarray(Image.open(overlay)).shape == (40, 60, 3)
     names = {"blank_overlay.png", "masks/blank_all.png", "predictions.json", "crops.csv"}
     assert set(zipfile.ZipFile(zip_path).namelist()) == names

@@ -299,7 +299,7 @@ def refresh_choices(data: str | None, start_from: str | None, request: gr.Reques
 
 def train_tab(demo: gr.Blocks) -> None:
     """Build the Train tab inside the caller's ``gr.Tab`` of ``demo`` (its lists fill on page load)."""
-    gr.Markdown(device_note, elem_id="train-device")  # called at each page load, after torch is imported
+    device = gr.Markdown(elem_id="train-device")
     if access.is_public():
         gr.Markdown(f"Training changes this server for everyone: it is for the owner. {access.how_to_be_owner()}")
     with gr.Row():
@@ -343,6 +343,7 @@ def train_tab(demo: gr.Blocks) -> None:
     lists = [data, start_from]
     refresh.click(refresh_choices, lists, lists, api_name="train_lists")
     demo.load(refresh_choices, lists, lists, api_visibility="private")
+    demo.load(device_note, None, device, api_visibility="private")  # at page load: torch is not imported at start
     start_btn.click(
         start,
         [config, data, start_from, epochs, batch_size, lr, overrides],
