@@ -69,7 +69,7 @@ class AppProcess:
         self.url = f"http://127.0.0.1:{self.port}/"
         self.upload_dir = tmp / "gradio"
         self.tmp_dir = tmp / "tmp"  # the app's $TMPDIR: what it leaves there can be checked
-        self.tmp_dir.mkdir(exist_ok=True)
+        self.tmp_dir.mkdir(parents=True, exist_ok=True)
         self.converted_dir = tmp / "converted"  # datasets kept for the Train tab
         env = {
             **os.environ,
