@@ -155,3 +155,11 @@ def traversal_zip(path: Path) -> Path:
         zf.writestr("images/a.txt", "x")
         zf.writestr("../evil.txt", "x")
     return path
+
+
+def convert_test_photos(out: Path, valid_fraction: float = 0.34) -> Path:
+    """The test photos converted as `nailseg convert` would (train.json, valid.json) into ``out``."""
+    from nailseg.datasets import convert_dataset, save_report
+
+    save_report(convert_dataset(DATA, valid_fraction=valid_fraction, seed=0, workers=1), out)
+    return out

@@ -57,7 +57,8 @@ def data_roots() -> tuple[Path, ...]:
 
 def data_choices(roots: tuple[Path, ...] | None = None) -> dict[str, Path]:
     """Folders written by ``nailseg convert`` (holding ``train.json``), by name, newest first."""
-    found = [p.parent for root in roots or data_roots() if root.is_dir() for p in root.glob("*/train.json")]
+    roots = data_roots() if roots is None else roots
+    found = [p.parent for root in roots if root.is_dir() for p in root.glob("*/train.json")]
     return {p.name: p for p in sorted(found, key=lambda p: p.stat().st_mtime, reverse=True)}
 
 
