@@ -218,6 +218,7 @@ keep=0; [[ "${1:-}" == "--keep" ]] && keep=1
 w=$(mktemp -d /tmp/nailseg-space.XXXXXX)
 chmod 755 "$w"
 home=$w/home            # the image's /home/user: fresh, so no pip cache from anyone
+tmp=$w/tmp              # the container's own /tmp: this machine's may hold other users' folders
 log=$w/install.log
 notes=() results=() failed=0 app_pid="" created_user=""
 note() { notes+=("$*"); echo "note: $*" >&2; }
@@ -228,7 +229,7 @@ if [[ -z $user ]]; then
   user=space; useradd --uid 1000 --user-group --no-create-home --home-dir "$home" "$user"; created_user=$user
   note "created user $user (uid 1000) for the rehearsal"
 fi
-install -d -o 1000 -g 1000 "$home"
+install -d -o 1000 -g 1000 "$home" "$tmp"
 stamp=$w/stamp; touch "$stamp"
 
 cleanup() {
@@ -245,10 +246,12 @@ cleanup() {
   return 0
 }
 trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
 
 # The image's environment as Docker gives it, then this machine's pip settings: they stand in for
 # the network the Space has (PIP_FIND_LINKS holds torch's CPU wheel here).
-declare -A env=([PATH]=/usr/local/bin:/usr/local/sbin:/usr/sbin:/usr/bin:/sbin:/bin [LANG]=C.UTF-8)
+declare -A env=([PATH]=/usr/local/bin:/usr/local/sbin:/usr/sbin:/usr/bin:/sbin:/bin [LANG]=C.UTF-8 [TMPDIR]=$tmp)
 for k in $(compgen -e | grep '^PIP_' || true); do env[$k]=${!k}; done
 user_env() { kv=(); local k; for k in "${!env[@]}"; do kv+=("$k=${env[$k]}"); done; }
 as_user() { user_env; runuser -u "$user" -- env -i "${kv[@]}" "$@"; }
@@ -289,7 +292,7 @@ while IFS=$'\t' read -r kind a b c; do
       echo "RUN $a   (as $user, in ${workdir#$w/}; log: $log)" >&2
       start=$SECONDS
       if ! (cd "$workdir" && as_user sh -c "$a") </dev/null >>"$log" 2>&1; then
-        result FAIL "install: RUN $a failed after $((SECONDS - start)) s; last lines of $log:"
+        result FAIL "install: RUN $a failed after $((SECONDS - start)) s (the end of its log is above)"
         tail -n 30 "$log" >&2
         break
       fi
@@ -336,10 +339,10 @@ print(len(result[2]), f"{time.monotonic() - start:.1f}", (result[-1] or "").repl
         result FAIL "/segment: no nails on $photo (\"$status\")"
       fi
     else
-      result FAIL "/segment: the client failed; $w/client.log:"; tail -n 20 "$w/client.log" >&2
+      result FAIL "/segment: the client failed (the end of its log is above)"; tail -n 20 "$w/client.log" >&2
     fi
   else
-    result FAIL "page: no HTTP 200 within $((SECONDS - start)) s (last answer $code); $w/app.log:"
+    result FAIL "page: no HTTP 200 within $((SECONDS - start)) s, last answer $code (the end of the app's log is above)"
     tail -n 30 "$w/app.log" >&2
   fi
 
@@ -352,8 +355,8 @@ print(len(result[2]), f"{time.monotonic() - start:.1f}", (result[-1] or "").repl
   else
     result FAIL "writes outside the app folder, \$HOME, /tmp and /data:"$'\n'"$stray"
   fi
-  in_tmp=$(find /tmp -mindepth 1 -maxdepth 1 -uid 1000 -newer "$stamp" ! -path "$w" 2>/dev/null | tr '\n' ' ' || true)
-  [[ -n $in_tmp ]] && note "the app wrote to /tmp: $in_tmp"
+  in_tmp=$(cd "$tmp" && find . -mindepth 1 -maxdepth 1 | sed 's#^\./#/tmp/#' | sort | xargs || true)
+  note "left in the container's /tmp (\$TMPDIR here): ${in_tmp:-nothing}"
 fi
 
 echo
