@@ -285,7 +285,7 @@ while IFS=$'\t' read -r kind a b c; do
           missing=$(for p in $pkgs; do dpkg-query -W -f='${db:Status-Abbrev}' "$p" 2>/dev/null | grep -q '^ii' || echo "$p"; done)
           note "root step (apt-get) not run; its packages here: ${missing:+missing: }${missing:-all installed}"
         else
-          note "root step not run: $a${a/*useradd*/ (uid 1000 is $user here)}"
+          note "root step not run: $a$([[ $a == *useradd* ]] && echo " (uid 1000 is $user here)")"
         fi
         continue
       fi
@@ -329,7 +329,8 @@ start = time.monotonic()
 result = client.predict(handle_file(sys.argv[2]), 0.5, api_name="/segment")
 print(len(result[2]), f"{time.monotonic() - start:.1f}", (result[-1] or "").replace("\n", " "), sep="\t")'
     install -d -o 1000 -g 1000 "$w/client"
-    env[GRADIO_TEMP_DIR]=$w/client  # the client's downloads, apart from what the app writes
+    # The client's downloads and its staging folders, apart from what the app leaves in /tmp.
+    env[GRADIO_TEMP_DIR]=$w/client env[TMPDIR]=$w/client
     if out=$(cd "$workdir" && as_user .venv/bin/python -c "$probe" "http://127.0.0.1:$port/" "$photo" \
         2>>"$w/client.log"); then
       IFS=$'\t' read -r nails seconds status <<<"$out"
