@@ -16,13 +16,13 @@ from __future__ import annotations
 import datetime as dt
 import shlex
 import shutil
-import zipfile
 from pathlib import Path
 
 import gradio as gr
 import pandas as pd
 
 from nailseg import access
+from nailseg.files import write_zip
 from nailseg.jobs import JobError, JobStatus, TrainingJobs, TrainRequest
 from nailseg.paths import BUNDLED_WEIGHTS, CONFIG_DIR, DEFAULT_CONFIG, converted_root
 from nailseg.serving import STORE, code, number, scratch_dir
@@ -162,16 +162,15 @@ def export_checkpoint(status: JobStatus) -> tuple[Path, Path]:
     configs = sorted(work_dir.glob("*.py"))  # mmengine dumps the run's config as <config name>.py
     name = configs[0].stem if configs else "nailseg"
     weights = work_dir / EXPORT_DIR / f"{name}.safetensors"
-    archive = weights.with_suffix(".zip")
+    archive = work_dir / f"{name}.zip"
     if not archive.is_file() or archive.stat().st_mtime < ckpt.stat().st_mtime:
-        weights.parent.mkdir(exist_ok=True)
+        shutil.rmtree(weights.parent, ignore_errors=True)  # only this export in the zip
+        weights.parent.mkdir()
         try:
             export_weights(ckpt, weights)
         except WeightsError as err:
             raise gr.Error(str(err)) from None
-        with zipfile.ZipFile(archive, "w") as zf:
-            for path in (weights, weights.with_suffix(".json")):
-                zf.write(path, path.name)
+        write_zip(weights.parent, archive)
     return weights, archive
 
 
