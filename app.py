@@ -32,7 +32,6 @@ no new upload. Example photos: Roboflow Universe *nails_segmentation* (CC BY 4.0
 `examples/ATTRIBUTION.md`).
 """
 
-STORE.load_in_background()
 remove_older_than(converted_root(), keep_hours())  # kept datasets past their time
 
 # Gradio's cache (uploads, answers' files): checked every 2 minutes, files older than 10 go.
@@ -51,5 +50,7 @@ if __name__ == "__main__":
     exit_on_sigterm()
     # A bounded queue; uploads (dataset zips) up to 2 GB. Concurrency per event is set in the tabs.
     demo.queue(max_size=int(os.environ.get("NAILSEG_QUEUE_SIZE", "32")), default_concurrency_limit=1).launch(
-        max_file_size="2gb", auth=access.auth_pairs()
+        max_file_size="2gb", auth=access.auth_pairs(), prevent_thread_lock=True
     )
+    STORE.load_in_background()  # once the page answers: importing torch and mmdet takes seconds
+    demo.block_thread()

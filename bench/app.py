@@ -2,6 +2,7 @@
 
     python bench/app.py [--photos N] [--repeats R]
 
+0. How long after start the page answers, against a bare ``python -c "import gradio"``.
 1. ``/segment`` round trip through gradio_client against the model's own time for the same photos,
    in the same run (the model time is what the app reports in its status line).
 2. Server RSS before and after three visitors each segment one 50 MP photo at threshold 0.05.
@@ -48,6 +49,12 @@ def main() -> None:
     args = parser.parse_args()
     from gradio_client import Client, handle_file
 
+    imports = []
+    for _ in range(3):
+        t0 = time.perf_counter()
+        subprocess.run([sys.executable, "-c", "import gradio"], check=True, capture_output=True)
+        imports.append(time.perf_counter() - t0)
+    bare = statistics.median(imports)
     tmp = Path(tempfile.mkdtemp(prefix="nailseg-bench-app-"))
     port = free_port()
     env = {
@@ -70,7 +77,11 @@ def main() -> None:
                 break
             except OSError:
                 time.sleep(0.05)
-        print(f"page answers {time.perf_counter() - start:.2f} s after start")
+        page = time.perf_counter() - start
+        print(
+            f"page answers {page:.2f} s after start; a bare `import gradio` takes {bare:.2f} s (median of 3): "
+            f"+{page - bare:.2f} s"
+        )
         client = Client(url, verbose=False)
         client.predict(handle_file(str(PHOTOS[0])), 0.5, api_name="/segment")  # warm: model loaded
         round_trips, model_times = [], []

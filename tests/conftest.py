@@ -2,10 +2,24 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
 from support import PHOTOS, SHARED, AppProcess, weights_spec
+
+# gradio_client downloads answers into $GRADIO_TEMP_DIR and makes a folder per file in the temp
+# directory; pytest's own temporary folders follow the temp directory too. All of it goes into one
+# folder of this run, removed at its end: the tests leave nothing behind in /tmp.
+SESSION_TMP = Path(tempfile.mkdtemp(prefix="nailseg-tests-"))
+os.environ["GRADIO_TEMP_DIR"] = str(SESSION_TMP / "gradio")
+tempfile.tempdir = str(SESSION_TMP)
+
+
+def pytest_sessionfinish(session, exitstatus):
+    shutil.rmtree(SESSION_TMP, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

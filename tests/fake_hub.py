@@ -9,7 +9,8 @@ It answers what ``huggingface_hub`` 2.4 asks of a Hub when ``HF_ENDPOINT`` point
   ``/api/models/{repo_id}/commit/{rev}``: enough for ``create_repo`` + ``create_commit`` with every
   file uploaded inline ("regular" mode, base64 in the commit's NDJSON).
 
-Every request is recorded in ``hub.requests`` as ``(method, path)``.
+Every request is recorded in ``hub.requests`` as ``(method, path)``. With ``echo_refusal`` set, uploads
+are refused (403) with the request's token echoed in the error, as a careless server might.
 
 By hand: ``python tests/fake_hub.py checkpoints --repo-id nailseg/nails --port 8765`` then
 ``HF_ENDPOINT=http://127.0.0.1:8765 NAILSEG_WEIGHTS=hf://nailseg/nails/<file> python app.py``.
@@ -33,6 +34,7 @@ class FakeHub:
     def __init__(self) -> None:
         self.repos: dict[str, dict[str, bytes]] = {}
         self.requests: list[tuple[str, str]] = []
+        self.echo_refusal = False
         self._server: ThreadingHTTPServer | None = None
 
     @staticmethod
@@ -124,6 +126,9 @@ class _Handler(BaseHTTPRequestHandler):
         self.fake.requests.append(("POST", path))
         body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
         parts = path.strip("/").split("/")
+        if self.fake.echo_refusal:
+            token = self.headers.get("Authorization", "").removeprefix("Bearer ")
+            return self._json(403, {"error": f"You have no write access with token {token}"})
         if path == "/api/repos/create":
             payload = json.loads(body)
             repo_id = f"{payload['organization']}/{payload['name']}"

@@ -69,7 +69,7 @@ class AppProcess:
         self.url = f"http://127.0.0.1:{self.port}/"
         self.upload_dir = tmp / "gradio"
         self.tmp_dir = tmp / "tmp"  # the app's $TMPDIR: what it leaves there can be checked
-        self.tmp_dir.mkdir(exist_ok=True)
+        self.tmp_dir.mkdir(parents=True, exist_ok=True)
         self.converted_dir = tmp / "converted"  # datasets kept for the Train tab
         env = {
             **os.environ,
@@ -155,6 +155,14 @@ def traversal_zip(path: Path) -> Path:
         zf.writestr("images/a.txt", "x")
         zf.writestr("../evil.txt", "x")
     return path
+
+
+def convert_test_photos(out: Path, valid_fraction: float = 0.34) -> Path:
+    """The test photos converted as `nailseg convert` would (train.json, valid.json) into ``out``."""
+    from nailseg.datasets import convert_dataset, save_report
+
+    save_report(convert_dataset(DATA, valid_fraction=valid_fraction, seed=0, workers=1), out)
+    return out
 
 
 def ddp_probe(data: Path, work_dir: Path, out: Path, iters: int) -> None:

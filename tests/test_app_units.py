@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import stat
 import time
 import zipfile
@@ -175,10 +176,10 @@ def photo(name: str, height: int, width: int, n: int = 0) -> segment.SegmentedPh
 
 
 def test_render_without_nails_says_so():
-    overlay, rows, records, gallery, zip_path, status = segment.render(
+    overlay, table, records, gallery, zip_path, status = segment.render(
         photo("blank", 40, 60), 0.5, segment.crop_options(0.1, True, 224, "keep")
     )
-    assert "No nails found" in status and rows == records == gallery == []
+    assert "No nails found" in status and table == "" and records == gallery == []
     assert np.asarray(Image.open(overlay)).shape == (40, 60, 3)
     names = {"blank_overlay.png", "masks/blank_all.png", "predictions.json", "crops.csv"}
     assert set(zipfile.ZipFile(zip_path).namelist()) == names
@@ -229,3 +230,26 @@ def test_hub_unreachable_falls_back_to_the_bundled_model_with_a_notice(monkeypat
     assert store.notice.startswith("Hub unreachable") and "using the bundled model" in store.notice
     message = store.switch("hf://someone/nails@v2/model.safetensors")
     assert "using the bundled model" in message and Path(weights_spec()).name in message
+
+
+def test_dataset_summary_escapes_what_a_zip_brings():
+    """File names and problems come from a stranger's zip: they are shown, never rendered."""
+    summary = {
+        "photos": 1,
+        "nails": 0,
+        "nails_per_photo": 0.0,
+        "layout": "yolo",
+        "train": {"photos": 1, "nails": 0},
+        "valid": {"photos": 0, "nails": 0},
+        "groups": {"[g](http://evil.example)": 1},
+        "problems": [
+            {
+                "file": "labels/x`](http://evil.example).txt",
+                "problem": "could not convert string to float: '[click](http://evil.example)'",
+            }
+        ],
+    }
+    text = dataset.summary_markdown(summary)
+    outside_code = re.sub(r"`[^`]*`", "", text)  # a code span shows its text as it is
+    assert text.count("`") % 2 == 0 and "](" not in outside_code.replace("\\](", "")
+    assert "\\[click\\]\\(http://evil\\.example\\)" in text

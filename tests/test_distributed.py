@@ -13,11 +13,9 @@ from pathlib import Path
 import gradio as gr
 import pytest
 import torch
-from support import DATA as ROBOFLOW
-from support import REPO
+from support import REPO, convert_test_photos
 
 from nailseg import cli, distributed
-from nailseg.datasets import convert_dataset, save_report
 from nailseg.jobs import STATE_NAME, TrainingJobs, TrainRequest, _alive
 from nailseg.paths import DEFAULT_CONFIG
 from nailseg.tabs import train as tab
@@ -28,9 +26,7 @@ OWNER = {"request": None, "profile": None}  # a private server: whoever opens th
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("tiny")
-    save_report(convert_dataset(ROBOFLOW, valid_fraction=0.34, seed=0), out)
-    return out
+    return convert_test_photos(tmp_path_factory.mktemp("tiny"))
 
 
 @pytest.fixture(autouse=True)

@@ -238,3 +238,24 @@ def test_app_loads_its_weights_through_the_hub(hub, hf_env, model_files, tmp_pat
         assert [n["number"] for n in per_nail[0]] == list(range(1, len(per_nail[0]) + 1))
     finally:
         app.stop()
+
+
+SECRET = "hf_SeCrEt0123456789abcdefghijklmnop"
+
+
+def test_a_token_never_appears_in_messages(hub, hf_env, model_files, monkeypatch):
+    """``$HF_TOKEN`` (a Space secret) is used for a push, and is not in what a refusal prints."""
+    hub.echo_refusal = True
+    try:
+        push = subprocess.run(
+            [sys.executable, "-m", "nailseg", "push", "--repo-id", "me/nails", "--weights", str(model_files)],
+            env={**hf_env, "HF_TOKEN": SECRET},
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    finally:
+        hub.echo_refusal = False
+    assert push.returncode == 1 and "the Hub refused the upload" in push.stderr
+    assert "403" in push.stderr and "***" in push.stderr  # the server's words, with the token blanked
+    assert SECRET not in push.stdout + push.stderr

@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
-from support import DATA as TINY_DATA
+from support import convert_test_photos
 
 from nailseg.jobs import (
     EXIT_NAME,
@@ -166,23 +166,7 @@ def test_status_of_a_recorded_job_from_its_files(tmp_path):
 @pytest.fixture(scope="module")
 def tiny_data(tmp_path_factory):
     out = tmp_path_factory.mktemp("tiny")
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "nailseg",
-            "convert",
-            str(TINY_DATA),
-            "--out",
-            str(out),
-            "--valid-fraction",
-            "0.34",
-            "--workers",
-            "1",
-        ],
-        check=True,
-        capture_output=True,
-    )
+    convert_test_photos(out)
     return out
 
 

@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 from support import DATA as ROBOFLOW
 
@@ -182,3 +183,29 @@ def test_a_pickle_with_code_is_never_unpickled(tmp_path):
     )
     assert run.returncode != 0 and "Weights only load failed" in run.stderr
     assert not marker.exists()
+
+
+def test_boxes_from_masks_are_tight_after_a_rotation():
+    import cv2
+    from mmdet.datasets.transforms import Rotate
+    from mmdet.structures.bbox import HorizontalBoxes
+    from mmdet.structures.mask import BitmapMasks
+
+    from nailseg.model import BoxesFromMasks
+
+    masks = np.zeros((1, 100, 100), np.uint8)
+    cv2.ellipse(masks[0], (50, 50), (20, 10), 0, 0, 360, 1, -1)  # a rounded 40 x 20 nail
+    results = {
+        "img": np.zeros((100, 100, 3), np.uint8),
+        "img_shape": (100, 100),
+        "gt_bboxes": HorizontalBoxes(np.array([[30, 40, 71, 61]], np.float32)),
+        "gt_masks": BitmapMasks(masks, 100, 100),
+        "gt_bboxes_labels": np.zeros(1, np.int64),
+        "gt_ignore_flags": np.zeros(1, bool),
+    }
+    rotated = Rotate(prob=1.0, level=10, max_mag=45.0, reversal_prob=0.0)(results)
+    loose = rotated["gt_bboxes"].tensor.numpy()[0]
+    tight = BoxesFromMasks()(rotated)["gt_bboxes"].tensor.numpy()[0]
+    ys, xs = np.nonzero(rotated["gt_masks"].masks[0])
+    assert np.allclose(tight, [xs.min(), ys.min(), xs.max() + 1, ys.max() + 1])
+    assert (tight[2] - tight[0]) * (tight[3] - tight[1]) < 0.9 * (loose[2] - loose[0]) * (loose[3] - loose[1])

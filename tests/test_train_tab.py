@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 import time
 
 import gradio as gr
 import pytest
 from support import DATA as TINY_DATA
+from support import convert_test_photos
 
 import nailseg.serving
 from nailseg.jobs import JobStatus, TrainingJobs
@@ -154,23 +153,7 @@ def test_train_export_and_use_through_the_tab(tmp_path, monkeypatch):
     from nailseg.images import load_image_rgb
 
     data = tmp_path / "tiny"
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "nailseg",
-            "convert",
-            str(TINY_DATA),
-            "--out",
-            str(data),
-            "--valid-fraction",
-            "0.34",
-            "--workers",
-            "1",
-        ],
-        check=True,
-        capture_output=True,
-    )
+    convert_test_photos(data)
     monkeypatch.setattr(tab, "JOBS", TrainingJobs(tmp_path / "jobs"))
     monkeypatch.setattr(tab, "STORE", nailseg.serving.ModelStore())
     monkeypatch.setattr(tab, "data_roots", lambda: (tmp_path,))

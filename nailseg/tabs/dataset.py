@@ -25,7 +25,7 @@ from nailseg.files import folder_bytes, remove_older_than, safe_stem, write_zip
 from nailseg.images import ImageError, fit_within, load_image_rgb
 from nailseg.paths import converted_root, keep_hours
 from nailseg.result import Nails
-from nailseg.serving import code, number, scratch_dir
+from nailseg.serving import code, number, plain, scratch_dir
 
 PREVIEW_PHOTOS = 4
 PREVIEW_SIDE = 1024
@@ -79,7 +79,7 @@ def summary_markdown(summary: dict) -> str:
     ]
     problems = summary["problems"]
     lines.append(f"\n**Problems: {len(problems)}**" if problems else "\nNo problems found.")
-    lines += [f"- {code(p['file'])}: {p['problem']}" for p in problems[:50]]
+    lines += [f"- {code(p['file'])}: {plain(p['problem'])}" for p in problems[:50]]
     if len(problems) > 50:
         lines.append(f"- … and {len(problems) - 50} more (see manifest and the COCO files)")
     return "\n".join(lines)

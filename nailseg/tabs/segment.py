@@ -24,7 +24,7 @@ from nailseg.result import Nails
 from nailseg.serving import SESSIONS, STORE, Upload, code, number, scratch_dir, weights_name
 from nailseg.weights import WeightsError
 
-TABLE_HEADERS = ["number", "score", "box_xyxy", "area"]
+TABLE_HEADER = "| nail | score | box (x0, y0, x1, y1) | area (px) |\n|---:|---:|---|---:|"
 WORK_SIDE = MAX_INFERENCE_SIDE  # the model sees at most this; so do the overlay, crops and zip here
 BACKGROUNDS = ["keep", "black"]  # in box crops; the cut-outs are transparent outside the nail
 CROPS = draw.CropOptions(margin=0.1, square=True, size=224)  # the tab's defaults: classifier-ready
@@ -148,11 +148,11 @@ def render(photo: SegmentedPhoto | None, score_thr: float, options: draw.CropOpt
     """Everything the tab shows for a segmented photo at a score threshold and crop options.
 
     Returns:
-        ``(overlay PNG, table rows, per-nail records, gallery, zip path, status)``; overlay, records
+        ``(overlay PNG, Markdown table, per-nail records, gallery, zip path, status)``; overlay, records
         and files are in pixels of the working-size photo.
     """
     if photo is None:
-        return None, [], [], [], None, "Add a photo and press **Segment**."
+        return None, "", [], [], None, "Add a photo and press **Segment**."
     nails = photo.nails(score_thr)
     out = scratch_dir()
     images = outputs.render_nails(photo.image_rgb, nails, options)
@@ -163,7 +163,7 @@ def render(photo: SegmentedPhoto | None, score_thr: float, options: draw.CropOpt
     outputs.write_crops_csv(out / "nails", saved.crop_rows)
     zip_path = write_zip(out / "nails", out / f"{photo.stem}_nails.zip")
     records = nails.to_records()
-    rows = [[r["number"], r["score"], ", ".join(f"{v:.0f}" for v in r["box_xyxy"]), r["area"]] for r in records]
+    table = "\n".join([TABLE_HEADER] + [nail_row(r) for r in records]) if records else ""
     gallery = [(str(p), f"nail {k}") for k, p in enumerate(saved.crops, start=1)]
     height, width = photo.image_rgb.shape[:2]
     found = f"**{len(nails)} nail(s)** found" if len(nails) else f"**No nails found** at score ≥ {score_thr:.2f}"
@@ -173,7 +173,13 @@ def render(photo: SegmentedPhoto | None, score_thr: float, options: draw.CropOpt
     status = f"{found} in {code(photo.name)}, {size}; model time {photo.seconds:.2f} s; weights: {code(photo.weights)}"
     if photo.notice:
         status += f". **{photo.notice}**"
-    return str(saved.overlay), rows, records, gallery, str(zip_path), status
+    return str(saved.overlay), table, records, gallery, str(zip_path), status
+
+
+def nail_row(record: dict) -> str:
+    """One nail as a row of the Markdown table (numbers only: nothing a visitor sent)."""
+    box = ", ".join(f"{v:.0f}" for v in record["box_xyxy"])
+    return f"| {record['number']} | {record['score']:.3f} | {box} | {record['area']} |"
 
 
 def segment(upload: Upload | str | None, score_thr, options: draw.CropOptions, key: str | None, progress=gr.Progress()):
@@ -272,7 +278,9 @@ def segment_tab(examples: list[str]) -> None:
             )
     gallery = gr.Gallery(label="Crops", columns=8, height=220, fit_columns=False, object_fit="contain", elem_id="crops")
     with gr.Row():
-        table = gr.Dataframe(headers=TABLE_HEADERS, label="Nails", interactive=False)
+        # A Markdown table, not gr.Dataframe: that one imports pandas' Styler (and matplotlib) at
+        # start, which alone would delay the page by seconds.
+        table = gr.Markdown(label="Nails", elem_id="nails-table")
         records = gr.JSON(label="Nails (JSON)")
     with gr.Accordion("Several photos at once", open=False):
         batch_files = gr.File(file_count="multiple", file_types=["image"], label=f"Photos (up to {MAX_BATCH})")

@@ -16,7 +16,6 @@ from __future__ import annotations
 import datetime as dt
 import shlex
 import shutil
-import zipfile
 from pathlib import Path
 
 import gradio as gr
@@ -24,6 +23,7 @@ import pandas as pd
 
 from nailseg import access
 from nailseg.distributed import gpu_count
+from nailseg.files import write_zip
 from nailseg.jobs import JobError, JobStatus, TrainingJobs, TrainRequest
 from nailseg.paths import BUNDLED_WEIGHTS, CONFIG_DIR, DEFAULT_CONFIG, converted_root
 from nailseg.serving import STORE, code, number, scratch_dir
@@ -58,7 +58,8 @@ def data_roots() -> tuple[Path, ...]:
 
 def data_choices(roots: tuple[Path, ...] | None = None) -> dict[str, Path]:
     """Folders written by ``nailseg convert`` (holding ``train.json``), by name, newest first."""
-    found = [p.parent for root in roots or data_roots() if root.is_dir() for p in root.glob("*/train.json")]
+    roots = data_roots() if roots is None else roots
+    found = [p.parent for root in roots if root.is_dir() for p in root.glob("*/train.json")]
     return {p.name: p for p in sorted(found, key=lambda p: p.stat().st_mtime, reverse=True)}
 
 
@@ -174,16 +175,15 @@ def export_checkpoint(status: JobStatus) -> tuple[Path, Path]:
     configs = sorted(work_dir.glob("*.py"))  # mmengine dumps the run's config as <config name>.py
     name = configs[0].stem if configs else "nailseg"
     weights = work_dir / EXPORT_DIR / f"{name}.safetensors"
-    archive = weights.with_suffix(".zip")
+    archive = work_dir / f"{name}.zip"
     if not archive.is_file() or archive.stat().st_mtime < ckpt.stat().st_mtime:
-        weights.parent.mkdir(exist_ok=True)
+        shutil.rmtree(weights.parent, ignore_errors=True)  # only this export in the zip
+        weights.parent.mkdir()
         try:
             export_weights(ckpt, weights)
         except WeightsError as err:
             raise gr.Error(str(err)) from None
-        with zipfile.ZipFile(archive, "w") as zf:
-            for path in (weights, weights.with_suffix(".json")):
-                zf.write(path, path.name)
+        write_zip(weights.parent, archive)
     return weights, archive
 
 
@@ -318,7 +318,7 @@ def refresh_choices(data: str | None, start_from: str | None, request: gr.Reques
 
 def train_tab(demo: gr.Blocks) -> None:
     """Build the Train tab inside the caller's ``gr.Tab`` of ``demo`` (its lists fill on page load)."""
-    gr.Markdown(device_note, elem_id="train-device")  # called at each page load, after torch is imported
+    device = gr.Markdown(elem_id="train-device")
     if access.is_public():
         gr.Markdown(f"Training changes this server for everyone: it is for the owner. {access.how_to_be_owner()}")
     with gr.Row():
@@ -364,6 +364,7 @@ def train_tab(demo: gr.Blocks) -> None:
     lists = [data, start_from]
     refresh.click(refresh_choices, lists, lists, api_name="train_lists")
     demo.load(refresh_choices, lists, lists, api_visibility="private")
+    demo.load(device_note, None, device, api_visibility="private")  # at page load: torch is not imported at start
     demo.load(gpus_field, None, gpus, api_visibility="private")
     start_btn.click(
         start,

@@ -1,0 +1,51 @@
+"""A non-editable install (`pip install .`) carries the configs and the bundled model with it."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+from support import PHOTOS, REPO
+
+
+@pytest.mark.slow
+def test_an_installed_package_finds_the_bundled_model(tmp_path):
+    source = tmp_path / "src"  # a copy: building writes build/ beside the sources
+    source.mkdir()
+    for part in ("nailseg", "configs", "checkpoints"):
+        shutil.copytree(REPO / part, source / part, ignore=shutil.ignore_patterns("__pycache__"))
+    for part in ("pyproject.toml", "README.md"):
+        shutil.copy(REPO / part, source / part)
+    pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q"]
+    subprocess.run([*pip, "wheel", "--no-deps", "--no-build-isolation", "-w", tmp_path / "wheel", source], check=True)
+    (wheel,) = (tmp_path / "wheel").glob("nailseg-*.whl")
+    subprocess.run([*pip, "install", "--no-deps", "--target", tmp_path / "site", wheel], check=True)
+    env = {**os.environ, "PYTHONPATH": str(tmp_path / "site")}
+    env.pop("NAILSEG_WEIGHTS", None)
+    where = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import nailseg.paths as p; print(p.__file__); print(p.BUNDLED_WEIGHTS); print(p.DEFAULT_CONFIG)",
+        ],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    assert all(path.startswith(str(tmp_path / "site")) for path in where), where  # not the source checkout
+    run = subprocess.run(
+        [sys.executable, "-m", "nailseg", "predict", str(PHOTOS[0]), "--out", "out"],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+    )
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert str(tmp_path / "site") in run.stdout  # the weights it names are the installed ones
+    assert json.loads((tmp_path / "out" / "predictions.json").read_text())
