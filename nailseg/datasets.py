@@ -27,9 +27,8 @@ import numpy as np
 
 from nailseg import convert
 from nailseg.files import write_atomic
-from nailseg.images import MAX_PIXELS, ImageError, exif_size
+from nailseg.images import IMAGE_EXTENSIONS, MAX_PIXELS, ImageError, exif_size
 
-IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
 MAX_NAILS = 500  # per photo: far above any hand, and a bound on the work one file can ask for
 
 

@@ -9,6 +9,7 @@ import cv2
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"})  # any case
 # A 50-megapixel phone photo is fine; larger is almost surely a mistake or a decompression bomb.
 MAX_PIXELS = 60_000_000
 _ROTATED = {5, 6, 7, 8}  # EXIF orientations that swap width and height

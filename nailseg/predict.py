@@ -29,8 +29,8 @@ from pathlib import Path
 from nailseg import distributed, outputs
 from nailseg.draw import CropOptions
 from nailseg.files import unique_stems
+from nailseg.images import IMAGE_EXTENSIONS
 
-IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"})
 SAVE_EVERY_S = 60.0
 
 
@@ -160,7 +160,9 @@ def run(
     # so that their new shards (named by rank) replace nothing that is not merged.
     save_merged(out_dir, kept.values())
     outputs.remove_shards(out_dir)
-    code = distributed.launch(argv, nproc)
+    # Each worker computes with one process's threads: then its numbers are exactly one process's
+    # (a CPU's sums depend on how many threads share them). On GPUs it makes no difference.
+    code = distributed.launch(argv, nproc, share_cores=False)
     done = outputs.read_shards(out_dir)
     path = save_merged(out_dir, [*kept.values(), *done])
     outputs.remove_shards(out_dir)

@@ -276,6 +276,7 @@ def export_weights(checkpoint: str | Path, out: str | Path, half: bool = True) -
     ckpt = load_checkpoint(checkpoint)
     state = ckpt.get("state_dict", ckpt)
     out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
     cfg_text = ckpt.get("meta", {}).get("cfg")
     if not cfg_text:
         raise WeightsError(f"{Path(checkpoint).name} carries no config (meta.cfg); was it written by mmengine?")
