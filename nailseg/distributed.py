@@ -121,7 +121,7 @@ def launch(argv: list[str], nproc: int, share_cores: bool = True) -> int:
     if not gpus:
         import torch
 
-        threads = max(1, torch.get_num_threads() // nproc) if share_cores else torch.get_num_threads()
+        threads = max(1, (os.cpu_count() or 1) // nproc) if share_cores else torch.get_num_threads()
         os.environ.setdefault("OMP_NUM_THREADS", str(threads))
     worker = [argv[0], "--distributed", *argv[1:]]
     # "--" ends torchrun's own options: without it, our --nproc in the workers' arguments would be
