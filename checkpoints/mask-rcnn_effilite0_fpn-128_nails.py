@@ -169,6 +169,7 @@ model = dict(
         type='RPNHead'),
     test_cfg=dict(
         rcnn=dict(
+            mask_dedup=dict(cover_thr=0.7, iou_thr=0.5, span_score_ratio=0.8),
             mask_thr_binary=0.5,
             max_per_img=50,
             nms=dict(iou_threshold=0.5, type='nms'),

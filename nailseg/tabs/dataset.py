@@ -21,8 +21,8 @@ import numpy as np
 
 from nailseg import draw
 from nailseg.datasets import convert_dataset, save_report
+from nailseg.evaluate import coco_nails
 from nailseg.images import ImageError, load_image_rgb
-from nailseg.result import Nails
 from nailseg.serving import scratch_dir
 from nailseg.tabs.segment import forget_upload, write_zip
 
@@ -97,23 +97,6 @@ def extract_archive(zip_path: str | Path, dest: Path) -> Path:
                 shutil.copyfileobj(src, dst)
     entries = [p for p in dest.iterdir() if not p.name.startswith(".")]
     return entries[0] if len(entries) == 1 and entries[0].is_dir() else dest
-
-
-def coco_nails(coco: dict, image: dict) -> Nails:
-    """The annotations of one COCO image as ``Nails`` (score 1), for drawing."""
-    from pycocotools import mask as mask_utils
-
-    height, width = image["height"], image["width"]
-    anns = [a for a in coco["annotations"] if a["image_id"] == image["id"]]
-    if not anns:
-        return Nails.empty(height, width)
-    masks = []
-    for ann in anns:
-        seg = ann["segmentation"]
-        rle = mask_utils.merge(mask_utils.frPyObjects(seg, height, width)) if isinstance(seg, list) else seg
-        masks.append(mask_utils.decode(rle).astype(bool))
-    boxes = np.array([[x, y, x + w, y + h] for x, y, w, h in (a["bbox"] for a in anns)], np.float32)
-    return Nails(boxes, np.stack(masks), np.ones(len(anns), np.float32)).in_reading_order()
 
 
 def preview(root: Path, coco: dict, count: int = PREVIEW_PHOTOS) -> list[tuple[np.ndarray, str]]:
