@@ -26,7 +26,10 @@ model = dict(
     train_cfg=dict(rcnn=dict(sampler=dict(num=256))),  # a photo holds ~5 nails, not 100 objects
     test_cfg=dict(
         rpn=dict(nms_pre=500, max_per_img=300),  # 300 proposals: half the time, segm AP -0.006
-        rcnn=dict(max_per_img=50)))  # no hand photo has 50 nails
+        rcnn=dict(
+            max_per_img=50,  # no hand photo has 50 nails
+            # nailseg's mask NMS after mmdet's box NMS (mmdet ignores the key): one result per nail.
+            mask_dedup=dict(iou_thr=0.5, cover_thr=0.7, span_score_ratio=0.8))))
 
 # Iteration-based so that a stopped run resumes mid-epoch; `nailseg train --epochs` rescales it.
 max_iters = 1600

@@ -1,4 +1,5 @@
-"""COCO evaluation of a model on a ground-truth file (bbox and segm AP with pycocotools)."""
+"""Evaluation of a model on a ground-truth file: COCO AP (pycocotools), and what a user sees
+(one-to-one matches, duplicate pairs) for :mod:`bench.user_view`."""
 
 from __future__ import annotations
 
@@ -9,7 +10,9 @@ from pathlib import Path
 
 import numpy as np
 
+from nailseg.dedup import duplicate_matrix, mask_overlaps
 from nailseg.images import load_image_rgb
+from nailseg.result import Nails
 
 MAX_DETECTIONS = 100  # per photo, as COCO's evaluator counts them
 
@@ -26,7 +29,8 @@ def nail_category_id(gt: dict) -> int:
 
 
 def predict_dataset(segmenter, gt: dict, img_dir: str | Path, progress: bool = False) -> list[dict]:
-    """Every detection of the model (no score threshold) on each photo of ``gt``, COCO results format.
+    """Every nail the model reports (no score threshold, duplicates suppressed as for a user) on
+    each photo of ``gt``, COCO results format.
 
     Photos are read from ``img_dir / file_name``; ids are those of ``gt``.
     """
@@ -36,10 +40,14 @@ def predict_dataset(segmenter, gt: dict, img_dir: str | Path, progress: bool = F
     results = []
     for image in tqdm(gt["images"], unit="photo", disable=not progress):
         rgb = load_image_rgb(Path(img_dir) / image["file_name"])
-        nails = segmenter.predict_all(rgb)
-        top = nails[np.argsort(-nails.scores, kind="stable")[:MAX_DETECTIONS]]
-        results += top.to_coco_results(image["id"], category_id)
+        results += coco_results(segmenter.predict_all(rgb), image["id"], category_id)
     return results
+
+
+def coco_results(nails: Nails, image_id: int, category_id: int) -> list[dict]:
+    """The ``MAX_DETECTIONS`` best-scoring nails of one photo in COCO results format."""
+    top = nails[np.argsort(-nails.scores, kind="stable")[:MAX_DETECTIONS]]
+    return top.to_coco_results(image_id, category_id)
 
 
 def coco_ap(gt: dict, results: list[dict]) -> dict:
@@ -69,3 +77,69 @@ def coco_ap(gt: dict, results: list[dict]) -> dict:
             ev.summarize()
             scores[iou_type] = {k: round(max(float(ev.stats[i]), 0.0), 4) for i, k in enumerate(("AP", "AP50", "AP75"))}
     return scores
+
+
+def coco_nails(coco: dict, image: dict) -> Nails:
+    """The annotations of one COCO image as ``Nails`` (score 1), in reading order."""
+    from pycocotools import mask as mask_utils
+
+    height, width = image["height"], image["width"]
+    anns = [a for a in coco["annotations"] if a["image_id"] == image["id"]]
+    if not anns:
+        return Nails.empty(height, width)
+    masks = []
+    for ann in anns:
+        seg = ann["segmentation"]
+        rle = mask_utils.merge(mask_utils.frPyObjects(seg, height, width)) if isinstance(seg, list) else seg
+        masks.append(mask_utils.decode(rle).astype(bool))
+    boxes = np.array([[x, y, x + w, y + h] for x, y, w, h in (a["bbox"] for a in anns)], np.float32)
+    return Nails(boxes, np.stack(masks), np.ones(len(anns), np.float32)).in_reading_order()
+
+
+def mask_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """``(N, M) float32`` IoU between ``(N, H, W)`` and ``(M, H, W)`` bool masks (0 where both are empty)."""
+    pixels = a.shape[1] * a.shape[2]
+    a2, b2 = a.reshape(len(a), pixels).astype(np.float32), b.reshape(len(b), pixels).astype(np.float32)
+    inter = a2 @ b2.T
+    union = a2.sum(1)[:, None] + b2.sum(1)[None, :] - inter
+    return np.where(union > 0, inter / np.maximum(union, 1), 0).astype(np.float32)
+
+
+def match_masks(predicted: np.ndarray, truth: np.ndarray, iou_thr: float = 0.5) -> np.ndarray:
+    """One-to-one matching of predicted to true masks, each pair with IoU >= ``iou_thr``.
+
+    Among all one-to-one assignments the one with the largest summed IoU over qualifying pairs
+    (Hungarian), so a prediction between two nails cannot take a nail that another one fits better.
+
+    Args:
+        predicted: ``(N, H, W) bool``; truth: ``(M, H, W) bool``, same ``H, W``.
+
+    Returns:
+        ``(K, 2) int64`` pairs ``(predicted index, true index)``; ``K`` is the number of true
+        positives, ``N - K`` false positives, ``M - K`` missed nails.
+    """
+    from scipy.optimize import linear_sum_assignment
+
+    if predicted.shape[1:] != truth.shape[1:]:
+        raise ValueError(f"masks differ in size: predicted {predicted.shape}, truth {truth.shape}")
+    if not len(predicted) or not len(truth):
+        return np.zeros((0, 2), np.int64)
+    iou = mask_iou(predicted, truth)
+    weight = np.where(iou >= iou_thr, iou, 0.0)
+    rows, cols = linear_sum_assignment(weight, maximize=True)
+    ok = weight[rows, cols] > 0
+    return np.stack([rows[ok], cols[ok]], axis=1).astype(np.int64)
+
+
+def duplicate_pairs(nails: Nails, iou_thr: float = 0.5, cover_thr: float = 0.7) -> np.ndarray:
+    """Pairs of reported nails that a person sees as the same nail twice.
+
+    A pair counts when its masks have IoU >= ``iou_thr`` or one mask covers >= ``cover_thr`` of
+    the smaller one's area (a box spanning two nails covers each of them).
+
+    Returns:
+        ``(K, 2) int64`` index pairs ``(i, j)`` into ``nails``, ``i < j``.
+    """
+    inter, areas = mask_overlaps(nails.boxes_xyxy, nails.masks)
+    dup = duplicate_matrix(inter, areas, iou_thr, cover_thr)
+    return np.argwhere(np.triu(dup)).astype(np.int64).reshape(-1, 2)

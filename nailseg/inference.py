@@ -15,6 +15,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from nailseg.dedup import MaskDedup
 from nailseg.images import fit_within
 from nailseg.result import Nails
 from nailseg.weights import ResolvedWeights, WeightsError, load_model_config, load_state_dict, resolve_weights
@@ -34,6 +35,7 @@ class NailSegmenter:
     weights: ResolvedWeights
     device: str
     load_seconds: float
+    dedup: MaskDedup | None = MaskDedup()  # None: every detection, duplicates too
 
     def __post_init__(self) -> None:
         self._lock = threading.Lock()
@@ -51,8 +53,12 @@ class NailSegmenter:
         """
         return self.predict_all(image_rgb, min_score=score_thr)
 
-    def predict_all(self, image_rgb: np.ndarray, min_score: float = 0.0) -> Nails:
-        """Every detection the model emits scoring at least ``min_score`` (at most ``max_per_img``)."""
+    def predict_all(self, image_rgb: np.ndarray, min_score: float = 0.0, dedup: bool = True) -> Nails:
+        """Every nail the model reports scoring at least ``min_score`` (at most ``max_per_img``).
+
+        Duplicates among them (two masks on one nail, a box spanning two nails) are removed with
+        :attr:`dedup` unless ``dedup`` is False.
+        """
         import torch
 
         if image_rgb.ndim != 3 or image_rgb.shape[2] != 3 or image_rgb.dtype != np.uint8:
@@ -63,19 +69,25 @@ class NailSegmenter:
         batch = {"inputs": [data["inputs"]], "data_samples": [data["data_samples"]]}
         with self._lock, torch.no_grad():
             sample = self.model.test_step(batch)[0]
-        return _to_nails(sample, scale, height, width, min_score)
+        return _to_nails(sample, scale, height, width, min_score, self.dedup if dedup else None)
 
 
-def _to_nails(sample, scale: float, height: int, width: int, min_score: float = 0.0) -> Nails:
+def _to_nails(sample, scale: float, height: int, width: int, min_score: float = 0.0,
+              dedup: MaskDedup | None = None) -> Nails:  # fmt: skip
     """The adapter: mmdet ``DetDataSample`` -> ``Nails`` (reading order), scores >= ``min_score``.
 
-    The filter comes before masks are scaled back to a large photo's full size (50 MB each).
+    The filter and the duplicate suppression come before masks are scaled back to a large
+    photo's full size (50 MB each), so both work on the model's masks (at most 1600 px).
     """
     inst = sample.pred_instances
     inst = inst[inst.scores >= min_score]
-    boxes = inst.bboxes.cpu().numpy().astype(np.float32) / scale
+    boxes = inst.bboxes.cpu().numpy().astype(np.float32)
     scores = inst.scores.cpu().numpy().astype(np.float32)
     masks = inst.masks.cpu().numpy().astype(bool) if len(scores) else np.zeros((0, height, width), bool)
+    if dedup is not None:
+        keep = dedup.keep(boxes, masks, scores)
+        boxes, scores, masks = boxes[keep], scores[keep], masks[keep]
+    boxes /= scale
     if scale != 1.0 and len(scores):
         masks = np.stack(
             [cv2.resize(m.astype(np.uint8), (width, height), interpolation=cv2.INTER_NEAREST) for m in masks]
@@ -119,6 +131,7 @@ def load_model(
         model = MODELS.build(copy.deepcopy(cfg.model))
         model.load_state_dict(load_state_dict(resolved.weights), strict=True)
         pipeline = Compose(_inference_pipeline(cfg.test_pipeline))
+        dedup = dedup_settings(cfg.model)
     except (TypeError, KeyError, ValueError, RuntimeError, AssertionError) as err:
         if isinstance(err, WeightsError):
             raise
@@ -127,7 +140,14 @@ def load_model(
         ) from err
     model.to(device).eval()
     model.dataset_meta = {"classes": ("nail",)}
-    return NailSegmenter(model, pipeline, resolved, device, time.perf_counter() - start)
+    return NailSegmenter(model, pipeline, resolved, device, time.perf_counter() - start, dedup)
+
+
+def dedup_settings(model_cfg: dict) -> MaskDedup | None:
+    """The model config's ``test_cfg.rcnn.mask_dedup`` (mmdet ignores the key): absent -> the
+    defaults, ``None`` -> every detection is reported, duplicates too."""
+    settings = ((model_cfg.get("test_cfg") or {}).get("rcnn") or {}).get("mask_dedup", {})
+    return None if settings is None else MaskDedup(**settings)
 
 
 def _inference_pipeline(test_pipeline: list[dict]) -> list[dict]:

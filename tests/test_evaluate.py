@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 from pycocotools import mask as mask_utils
 
-from nailseg.evaluate import coco_ap, nail_category_id
+from nailseg.evaluate import coco_ap, duplicate_pairs, match_masks, nail_category_id
+from nailseg.result import Nails
 
 
 def _rle(mask: np.ndarray) -> dict:
@@ -70,3 +71,55 @@ def test_coco_ap_by_hand(gt, detections, expected_ap):
     for iou_type in ("bbox", "segm"):
         assert scores[iou_type]["AP"] == pytest.approx(expected_ap, abs=1e-4)
         assert scores[iou_type]["AP50"] == pytest.approx(expected_ap, abs=1e-4)
+
+
+def _masks(*squares, size=(50, 50)):
+    """``(N, H, W) bool`` from ``(x, y, side)`` squares."""
+    return np.stack([_square(x, y, s, size) for x, y, s in squares]) if squares else np.zeros((0, *size), bool)
+
+
+@pytest.mark.parametrize(
+    "predicted, truth, expected",
+    [
+        ([], [], []),
+        ([], [(5, 5, 10)], []),
+        ([(5, 5, 10)], [], []),
+        ([(30, 30, 10), (5, 5, 10)], [(5, 5, 10), (30, 30, 10)], [(0, 1), (1, 0)]),
+        ([(5, 5, 10), (6, 6, 10)], [(5, 5, 10)], [(0, 0)]),  # one nail, one match
+        ([(11, 5, 10)], [(5, 5, 10)], []),  # IoU 0.25
+        # The first prediction fits both nails equally (IoU 0.67); matched greedily in order it
+        # could take the first nail, which the second fits exactly, and leave one nail unmatched.
+        ([(5, 5, 10), (5, 7, 10)], [(5, 7, 10), (5, 3, 10)], [(0, 1), (1, 0)]),
+    ],
+)
+def test_match_masks(predicted, truth, expected):
+    pairs = match_masks(_masks(*predicted), _masks(*truth))
+    assert pairs.shape == (len(expected), 2) and pairs.dtype == np.int64
+    assert sorted(map(tuple, pairs.tolist())) == expected
+
+
+def test_match_masks_refuses_other_sizes():
+    with pytest.raises(ValueError, match="size"):
+        match_masks(_masks((5, 5, 10)), _masks((5, 5, 10), size=(40, 50)))
+
+
+def _nails(*squares):
+    masks = _masks(*squares)
+    boxes = np.array([[x, y, x + s, y + s] for x, y, s in squares], np.float32).reshape(-1, 4)
+    return Nails(boxes, masks, np.ones(len(squares), np.float32))
+
+
+@pytest.mark.parametrize(
+    "squares, expected",
+    [
+        ([], []),
+        ([(5, 5, 10)], []),
+        ([(5, 5, 10), (15, 5, 10)], []),  # touching
+        ([(5, 5, 10), (6, 5, 10)], [(0, 1)]),  # IoU 0.82
+        ([(5, 5, 10), (8, 5, 10)], [(0, 1)]),  # IoU 70 / 130 = 0.54
+        ([(5, 5, 10), (9, 5, 10)], []),  # IoU 0.43, cover 0.6
+        ([(30, 30, 10), (5, 5, 20), (5, 5, 10), (15, 15, 10)], [(1, 2), (1, 3)]),  # one covers two
+    ],
+)
+def test_duplicate_pairs(squares, expected):
+    assert duplicate_pairs(_nails(*squares)).tolist() == [list(p) for p in expected]

@@ -21,10 +21,10 @@ import numpy as np
 from nailseg import access, draw
 from nailseg.archives import UnsafeArchive, extract_archive
 from nailseg.datasets import convert_dataset, save_report
+from nailseg.evaluate import coco_nails
 from nailseg.files import folder_bytes, remove_older_than, safe_stem, write_zip
 from nailseg.images import ImageError, fit_within, load_image_rgb
 from nailseg.paths import converted_root, keep_hours
-from nailseg.result import Nails
 from nailseg.serving import code, number, plain, scratch_dir
 
 PREVIEW_PHOTOS = 4
@@ -34,23 +34,6 @@ PREVIEW_SIDE = 1024
 def keep_quota_bytes() -> int:
     """Bytes all kept datasets may take together (``$NAILSEG_KEEP_QUOTA_GB``, default 10)."""
     return int(float(os.environ.get("NAILSEG_KEEP_QUOTA_GB", "10")) * 1024**3)
-
-
-def coco_nails(coco: dict, image: dict) -> Nails:
-    """The annotations of one COCO image as ``Nails`` (score 1), for drawing."""
-    from pycocotools import mask as mask_utils
-
-    height, width = image["height"], image["width"]
-    anns = [a for a in coco["annotations"] if a["image_id"] == image["id"]]
-    if not anns:
-        return Nails.empty(height, width)
-    masks = []
-    for ann in anns:
-        seg = ann["segmentation"]
-        rle = mask_utils.merge(mask_utils.frPyObjects(seg, height, width)) if isinstance(seg, list) else seg
-        masks.append(mask_utils.decode(rle).astype(bool))
-    boxes = np.array([[x, y, x + w, y + h] for x, y, w, h in (a["bbox"] for a in anns)], np.float32)
-    return Nails(boxes, np.stack(masks), np.ones(len(anns), np.float32)).in_reading_order()
 
 
 def preview(root: Path, coco: dict, count: int = PREVIEW_PHOTOS) -> list[tuple[np.ndarray, str]]:

@@ -1,0 +1,234 @@
+"""What a user sees: is each nail reported once, and are the nails there the nails reported?
+
+On a COCO ground truth (e.g. ``data/roboflow/valid.json``), at a score threshold, without and with
+the model's duplicate suppression (``test_cfg.rcnn.mask_dedup``):
+
+* nails reported / nails there; duplicate pairs (two reported nails with mask IoU >= 0.5, or one
+  covering >= 70 % of the other) and the photos with any; photos with exactly the right count;
+* precision / recall / F1 of a one-to-one matching at mask IoU >= 0.5;
+* segm AP / AP50 / AP75 (pycocotools, every detection down to the model's own floor, as
+  ``nailseg evaluate`` scores them);
+* a sweep of the threshold (each row as above, without AP), and the threshold with the best F1
+  (ties: the larger exact-count share).
+
+On ``nails-semantic`` groups (one 0/255 mask per photo, every nail painted in): the mean IoU of the
+union of the reported masks with the semantic mask, and the share of photos whose count is exact,
+the true count being the number of 8-connected regions of >= 20 px in the mask (nails that touch
+count as one region, so this undercounts hands with touching nails).
+
+The model runs once per photo (every detection it emits, no duplicate suppression); thresholds and
+suppression are then applied in numpy exactly as ``NailSegmenter.predict`` does (threshold first,
+then suppression on the model's masks), which ``tests/test_dedup.py`` checks. Photos must fit in
+``MAX_INFERENCE_SIDE`` (else the model's masks are not the photo's size).
+
+Usage::
+
+    PYTHONPATH=. .venv/bin/python bench/user_view.py --ann-file data/roboflow/valid.json \\
+        --img-dir ../shared/data/nails-roboflow --semantic ../shared/data/nails-semantic
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from nailseg.convert import DEFAULT_MIN_AREA, binarize_mask, mask_to_instances
+from nailseg.datasets import discover, load_coco, load_mask
+from nailseg.dedup import MaskDedup
+from nailseg.evaluate import coco_ap, coco_nails, coco_results, duplicate_pairs, match_masks, nail_category_id
+from nailseg.images import load_image_rgb
+from nailseg.inference import MAX_INFERENCE_SIDE, load_model
+from nailseg.result import Nails
+
+SWEEP = tuple(round(0.3 + 0.05 * k, 2) for k in range(13))  # 0.3 ... 0.9
+VARIANTS = ("no dedup", "dedup")
+
+
+@dataclasses.dataclass
+class Tally:
+    """What a user sees on photos with instance labels, summed over photos."""
+
+    photos: int = 0
+    reported: int = 0
+    there: int = 0
+    pairs: int = 0
+    photos_with_pairs: int = 0
+    exact: int = 0
+    matched: int = 0
+
+    def add(self, shown: Nails, truth: Nails) -> None:
+        pairs = len(duplicate_pairs(shown))
+        self.photos += 1
+        self.reported += len(shown)
+        self.there += len(truth)
+        self.pairs += pairs
+        self.photos_with_pairs += pairs > 0
+        self.exact += len(shown) == len(truth)
+        self.matched += len(match_masks(shown.masks, truth.masks))
+
+    @property
+    def precision(self) -> float:
+        return self.matched / self.reported if self.reported else 0.0
+
+    @property
+    def recall(self) -> float:
+        return self.matched / self.there if self.there else 0.0
+
+    @property
+    def f1(self) -> float:
+        p, r = self.precision, self.recall
+        return 2 * p * r / (p + r) if p + r else 0.0
+
+    @property
+    def exact_share(self) -> float:
+        return self.exact / self.photos if self.photos else 0.0
+
+
+@dataclasses.dataclass
+class SemanticTally:
+    """Union-mask IoU and exact counts on photos with one semantic mask each."""
+
+    photos: int = 0
+    iou_sum: float = 0.0
+    exact: int = 0
+
+    def add(self, shown: Nails, truth: np.ndarray, true_count: int) -> None:
+        union = shown.masks.any(axis=0)
+        either = np.count_nonzero(union | truth)
+        self.photos += 1
+        self.iou_sum += np.count_nonzero(union & truth) / either if either else 1.0
+        self.exact += len(shown) == true_count
+
+
+def shown_nails(raw: Nails, score_thr: float, dedup: MaskDedup | None) -> Nails:
+    """What ``predict(photo, score_thr)`` shows, from the model's every detection ``raw``."""
+    shown = raw.filter(score_thr)
+    return shown[dedup.keep(shown.boxes_xyxy, shown.masks, shown.scores)] if dedup else shown
+
+
+def model_pass(segmenter, rgb: np.ndarray) -> Nails:
+    if max(rgb.shape[:2]) > MAX_INFERENCE_SIDE:
+        raise ValueError(f"photo of {rgb.shape[1]}x{rgb.shape[0]} px is shrunk for the model; not supported here")
+    return segmenter.predict_all(rgb, dedup=False)
+
+
+def run_coco(segmenter, dedup: MaskDedup, ann_file: Path, img_dir: Path, thresholds: list[float], limit: int | None):
+    """Tallies per (variant, threshold) and segm AP per variant on a COCO ground truth."""
+    gt = load_coco(ann_file)
+    if limit:
+        gt = {**gt, "images": gt["images"][:limit]}
+    category_id = nail_category_id(gt)
+    tallies = {(v, t): Tally() for v in VARIANTS for t in thresholds}
+    results = {v: [] for v in VARIANTS}
+    settings = dict(zip(VARIANTS, (None, dedup)))
+    for image in gt["images"]:
+        raw = model_pass(segmenter, load_image_rgb(img_dir / image["file_name"]))
+        truth = coco_nails(gt, image)
+        for variant, option in settings.items():
+            results[variant] += coco_results(shown_nails(raw, 0.0, option), image["id"], category_id)
+            for thr in thresholds:
+                tallies[variant, thr].add(shown_nails(raw, thr, option), truth)
+    aps = {v: coco_ap(gt, results[v])["segm"] for v in VARIANTS}
+    return len(gt["images"]), tallies, aps
+
+
+def run_semantic(segmenter, dedup: MaskDedup, root: Path, groups: list[str], thr: float, limit: int | None):
+    """Per (group, variant) union-mask IoU and exact counts on a semantic-mask dataset."""
+    _, samples, _ = discover(root)
+    tallies = {(g, v): SemanticTally() for g in groups for v in VARIANTS}
+    for group in groups:
+        for sample in [s for s in samples if s.group == group][:limit]:
+            rgb = load_image_rgb(root / sample.image)
+            truth = binarize_mask(load_mask(root / sample.label))
+            if truth.shape != rgb.shape[:2]:
+                print(f"skipped {sample.image}: mask {truth.shape} vs photo {rgb.shape[:2]}", file=sys.stderr)
+                continue
+            true_count = len(mask_to_instances(truth, DEFAULT_MIN_AREA))
+            raw = model_pass(segmenter, rgb)
+            for variant, option in zip(VARIANTS, (None, dedup)):
+                tallies[group, variant].add(shown_nails(raw, thr, option), truth, true_count)
+    return tallies
+
+
+def _row(label: str, cells: list[str]) -> str:
+    return f"{label:40s}" + "".join(f"{c:>24s}" for c in cells)
+
+
+def print_coco(name: str, photos: int, tallies: dict, aps: dict, thr: float, thresholds: list[float]) -> None:
+    print(f"\n{name}: {photos} photos, score >= {thr}")
+    print(_row("", list(VARIANTS)))
+    t = [tallies[v, thr] for v in VARIANTS]
+    print(_row("nails reported / there", [f"{x.reported:,} / {x.there:,}" for x in t]))
+    print(_row("duplicate pairs (photos with any)", [f"{x.pairs} ({x.photos_with_pairs})" for x in t]))
+    print(_row("photos with exactly the right count", [f"{x.exact_share:.1%}" for x in t]))
+    print(_row("precision / recall / F1 (IoU >= 0.5)", [f"{x.precision:.3f} / {x.recall:.3f} / {x.f1:.3f}" for x in t]))
+    print(_row("segm AP / AP50 / AP75 (no threshold)", [f"{a['AP']:.3f} / {a['AP50']:.3f} / {a['AP75']:.3f}"
+                                                         for a in aps.values()]))  # fmt: skip
+    for variant in VARIANTS:
+        print(f"\nsweep, {variant}:")
+        print(f"{'thr':>5s} {'reported':>9s} {'pairs':>6s} {'photos':>7s} {'exact':>7s} {'P':>6s} {'R':>6s} {'F1':>6s}")
+        for x, k in ((tallies[variant, k], k) for k in thresholds):
+            print(f"{k:5.2f} {x.reported:9d} {x.pairs:6d} {x.photos_with_pairs:7d} {x.exact_share:7.1%} "
+                  f"{x.precision:6.3f} {x.recall:6.3f} {x.f1:6.3f}")  # fmt: skip
+        best = max(thresholds, key=lambda k: (round(tallies[variant, k].f1, 3), tallies[variant, k].exact_share))
+        print(f"best F1 ({variant}): score >= {best} (F1 {tallies[variant, best].f1:.3f}, "
+              f"exact count {tallies[variant, best].exact_share:.1%})")  # fmt: skip
+
+
+def print_semantic(tallies: dict, groups: list[str], thr: float) -> None:
+    print(f"\nnails-semantic, score >= {thr}; true count = 8-connected regions of >= {DEFAULT_MIN_AREA} px")
+    print(f"{'group':>5s} {'photos':>6s} " + " ".join(f"{'IoU ' + v:>16s} {'exact ' + v:>16s}" for v in VARIANTS))
+    for g in groups:
+        cells = []
+        for v in VARIANTS:
+            x = tallies[g, v]
+            cells.append(f"{x.iou_sum / max(x.photos, 1):16.3f} {x.exact / max(x.photos, 1):16.1%}")
+        print(f"{g:>5s} {tallies[g, VARIANTS[0]].photos:6d} " + " ".join(cells))
+
+
+def _ratio(text: str) -> float | None:
+    return None if text.lower() == "none" else float(text)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--ann-file", type=Path, help="COCO ground truth, e.g. data/roboflow/valid.json")
+    parser.add_argument("--img-dir", type=Path, help="folder the file_name entries are relative to")
+    parser.add_argument("--semantic", type=Path, default=None, help="nails-semantic root (Images/, Masks/)")
+    parser.add_argument("--groups", nargs="+", default=["1", "2", "3"], help="nails-semantic groups")
+    parser.add_argument("--score-thr", type=float, default=0.5, help="threshold of the main tables")
+    parser.add_argument("--sweep", type=float, nargs="+", default=list(SWEEP), help="thresholds to sweep")
+    parser.add_argument("--weights", default=None, help="weights spec (default: $NAILSEG_WEIGHTS, then bundled)")
+    # Overrides of the config's mask_dedup, to compare rules; absent unless given.
+    parser.add_argument("--iou-thr", type=float, default=argparse.SUPPRESS, help="mask_dedup iou_thr")
+    parser.add_argument("--cover-thr", type=float, default=argparse.SUPPRESS, help="mask_dedup cover_thr")
+    parser.add_argument("--span-score-ratio", type=_ratio, default=argparse.SUPPRESS,
+                        help="mask_dedup span_score_ratio ('none': the score order alone)")  # fmt: skip
+    parser.add_argument("--limit", type=int, default=None, help="first N photos of each set (quick look)")
+    args = parser.parse_args(argv)
+    if (args.ann_file is None) != (args.img_dir is None):
+        parser.error("--ann-file and --img-dir go together")
+
+    start = time.perf_counter()
+    segmenter = load_model(args.weights, device="cpu")
+    overrides = {k: v for k, v in vars(args).items() if k in ("iou_thr", "cover_thr", "span_score_ratio")}
+    dedup = dataclasses.replace(segmenter.dedup or MaskDedup(), **overrides)
+    print(f"weights: {segmenter.weights.source}; dedup: {dedup}")
+    if args.ann_file:
+        thresholds = sorted({*args.sweep, args.score_thr})
+        photos, tallies, aps = run_coco(segmenter, dedup, args.ann_file, args.img_dir, thresholds, args.limit)
+        print_coco(str(args.ann_file), photos, tallies, aps, args.score_thr, thresholds)
+    if args.semantic:
+        tallies = run_semantic(segmenter, dedup, args.semantic, args.groups, args.score_thr, args.limit)
+        print_semantic(tallies, args.groups, args.score_thr)
+    print(f"\n{time.perf_counter() - start:.0f} s in all")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
