@@ -20,8 +20,8 @@ train_pipeline = [
 ]
 train_dataloader = dict(dataset=dict(pipeline=train_pipeline))
 
-max_iters = 1800
-train_cfg = dict(max_iters=max_iters, val_interval=900)
+max_iters = 1200
+train_cfg = dict(max_iters=max_iters, val_interval=600)
 optim_wrapper = dict(optimizer=dict(lr=0.006))  # a fine-tune: below stage 2's 0.008
 param_scheduler = [
     dict(type='LinearLR', start_factor=0.1, by_epoch=False, begin=0, end=100),
