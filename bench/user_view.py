@@ -167,17 +167,25 @@ def print_coco(name: str, photos: int, tallies: dict, aps: dict, thr: float, thr
     print(_row("duplicate pairs (photos with any)", [f"{x.pairs} ({x.photos_with_pairs})" for x in t]))
     print(_row("photos with exactly the right count", [f"{x.exact_share:.1%}" for x in t]))
     print(_row("precision / recall / F1 (IoU >= 0.5)", [f"{x.precision:.3f} / {x.recall:.3f} / {x.f1:.3f}" for x in t]))
-    print(_row("segm AP / AP50 / AP75 (no threshold)", [f"{a['AP']:.3f} / {a['AP50']:.3f} / {a['AP75']:.3f}"
-                                                         for a in aps.values()]))  # fmt: skip
+    print(
+        _row(
+            "segm AP / AP50 / AP75 (no threshold)",
+            [f"{a['AP']:.3f} / {a['AP50']:.3f} / {a['AP75']:.3f}" for a in aps.values()],
+        )
+    )
     for variant in VARIANTS:
         print(f"\nsweep, {variant}:")
         print(f"{'thr':>5s} {'reported':>9s} {'pairs':>6s} {'photos':>7s} {'exact':>7s} {'P':>6s} {'R':>6s} {'F1':>6s}")
         for x, k in ((tallies[variant, k], k) for k in thresholds):
-            print(f"{k:5.2f} {x.reported:9d} {x.pairs:6d} {x.photos_with_pairs:7d} {x.exact_share:7.1%} "
-                  f"{x.precision:6.3f} {x.recall:6.3f} {x.f1:6.3f}")  # fmt: skip
+            print(
+                f"{k:5.2f} {x.reported:9d} {x.pairs:6d} {x.photos_with_pairs:7d} {x.exact_share:7.1%} "
+                f"{x.precision:6.3f} {x.recall:6.3f} {x.f1:6.3f}"
+            )
         best = max(thresholds, key=lambda k: (round(tallies[variant, k].f1, 3), tallies[variant, k].exact_share))
-        print(f"best F1 ({variant}): score >= {best} (F1 {tallies[variant, best].f1:.3f}, "
-              f"exact count {tallies[variant, best].exact_share:.1%})")  # fmt: skip
+        print(
+            f"best F1 ({variant}): score >= {best} (F1 {tallies[variant, best].f1:.3f}, "
+            f"exact count {tallies[variant, best].exact_share:.1%})"
+        )
 
 
 def print_semantic(tallies: dict, groups: list[str], thr: float) -> None:
@@ -207,8 +215,12 @@ def main(argv: list[str] | None = None) -> int:
     # Overrides of the config's mask_dedup, to compare rules; absent unless given.
     parser.add_argument("--iou-thr", type=float, default=argparse.SUPPRESS, help="mask_dedup iou_thr")
     parser.add_argument("--cover-thr", type=float, default=argparse.SUPPRESS, help="mask_dedup cover_thr")
-    parser.add_argument("--span-score-ratio", type=_ratio, default=argparse.SUPPRESS,
-                        help="mask_dedup span_score_ratio ('none': the score order alone)")  # fmt: skip
+    parser.add_argument(
+        "--span-score-ratio",
+        type=_ratio,
+        default=argparse.SUPPRESS,
+        help="mask_dedup span_score_ratio ('none': the score order alone)",
+    )
     parser.add_argument("--limit", type=int, default=None, help="first N photos of each set (quick look)")
     args = parser.parse_args(argv)
     if (args.ann_file is None) != (args.img_dir is None):

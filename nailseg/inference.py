@@ -74,8 +74,9 @@ class NailSegmenter:
         return _to_nails(sample, scale, height, width, min_score, self.dedup if dedup else None)
 
 
-def _to_nails(sample, scale: float, height: int, width: int, min_score: float = 0.0,
-              dedup: MaskDedup | None = None) -> Nails:  # fmt: skip
+def _to_nails(
+    sample, scale: float, height: int, width: int, min_score: float = 0.0, dedup: MaskDedup | None = None
+) -> Nails:
     """The adapter: mmdet ``DetDataSample`` -> ``Nails`` (reading order), scores >= ``min_score``.
 
     The filter and the duplicate suppression come before masks are scaled back to a large

@@ -110,8 +110,13 @@ def test_gpu_variant_builds_mmcv_with_the_shared_cuda_settings(variants):
 @pytest.fixture(scope="module")
 def mmcv_cuda_env() -> dict[str, str]:
     # Sourced by bash exactly as setup.sh and gpu_check.sh do, so quoting mistakes show here.
-    out = subprocess.run(["bash", "-c", 'set -a && source "$1" && env -0', "_", str(MMCV_CUDA_ENV)],
-                         capture_output=True, text=True, check=True, env={"PATH": os.environ["PATH"]})  # fmt: skip
+    out = subprocess.run(
+        ["bash", "-c", 'set -a && source "$1" && env -0', "_", str(MMCV_CUDA_ENV)],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={"PATH": os.environ["PATH"]},
+    )
     return dict(item.split("=", 1) for item in out.stdout.split("\0") if item)
 
 
