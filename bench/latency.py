@@ -28,7 +28,7 @@ TEST_PHOTOS = ROOT / "tests" / "data" / "nails-roboflow" / "images"
 
 
 def export_reference(out_dir: Path) -> Path:
-    """Random-init 1-class Mask R-CNN R50-FPN as ``.safetensors`` + flattened config."""
+    """Random-init 1-class Mask R-CNN R50-FPN as ``.safetensors`` + its config as JSON."""
     import mmdet
     import torch
     from mmdet.registry import MODELS
@@ -50,7 +50,8 @@ def export_reference(out_dir: Path) -> Path:
     model.init_weights()
     weights = out_dir / "mask-rcnn_r50_fpn_reference.safetensors"
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(weights))
-    cfg.dump(str(weights.with_suffix(".py")))
+    # A config is data (nailseg.weights): written as JSON like an exported model's.
+    weights.with_suffix(".json").write_text(json.dumps(cfg.to_dict(), default=str))
     return weights
 
 
