@@ -28,11 +28,19 @@ def write_atomic(path: str | Path, data: str | bytes) -> Path:
     return path
 
 
+_COMPRESSED = frozenset({".png", ".jpg", ".jpeg", ".webp"})
+
+
 def write_zip(folder: Path, zip_path: Path) -> Path:
-    """Zip every file under ``folder`` (paths relative to it) into ``zip_path``."""
+    """Zip every file under ``folder`` (paths relative to it) into ``zip_path``.
+
+    Images are stored as they are (PNG and JPEG are compressed already: deflating them again costs
+    time for nothing); text files (JSON, CSV) are deflated.
+    """
     with zipfile.ZipFile(zip_path, "w", zipfile.ZIP_DEFLATED) as zf:
         for file in sorted(p for p in folder.rglob("*") if p.is_file()):
-            zf.write(file, file.relative_to(folder).as_posix())
+            stored = file.suffix.lower() in _COMPRESSED
+            zf.write(file, file.relative_to(folder).as_posix(), zipfile.ZIP_STORED if stored else None)
     return zip_path
 
 

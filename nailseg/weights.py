@@ -174,9 +174,10 @@ def inference_config(data: dict) -> dict:
     """
     if not isinstance(data, dict) or not isinstance(data.get("model"), dict):
         raise WeightsError("config: no model in it")
-    pipeline = data.get("test_pipeline")
+    # The pipeline mmdet tests with; ``test_pipeline`` is only the variable a config usually fills it from.
+    pipeline = (((data.get("test_dataloader") or {}).get("dataset")) or {}).get("pipeline")
     if pipeline is None:
-        pipeline = (((data.get("test_dataloader") or {}).get("dataset")) or {}).get("pipeline")
+        pipeline = data.get("test_pipeline")
     if not isinstance(pipeline, list) or not all(isinstance(s, dict) for s in pipeline):
         raise WeightsError("config: no test pipeline in it")
     model = _drop_init(data["model"])

@@ -12,7 +12,7 @@ import gradio as gr
 import numpy as np
 import pytest
 from PIL import Image
-from support import PHOTOS, bomb_zip, dataset_zip
+from support import PHOTOS, bomb_zip, dataset_zip, jpeg_bytes
 
 from nailseg import archives, outputs
 from nailseg.result import Nails
@@ -253,3 +253,19 @@ def test_dataset_summary_escapes_what_a_zip_brings():
     outside_code = re.sub(r"`[^`]*`", "", text)  # a code span shows its text as it is
     assert text.count("`") % 2 == 0 and "](" not in outside_code.replace("\\](", "")
     assert "\\[click\\]\\(http://evil\\.example\\)" in text
+
+
+def test_write_zip_stores_images_and_deflates_text(tmp_path):
+    from nailseg.files import write_zip
+
+    folder = tmp_path / "nails"
+    (folder / "crops").mkdir(parents=True)
+    png = jpeg_bytes(np.zeros((8, 8, 3), np.uint8))  # any compressed image bytes will do
+    (folder / "crops" / "a_1_box.png").write_bytes(png)
+    (folder / "predictions.json").write_text('{"nails": []}' * 50)
+    with zipfile.ZipFile(write_zip(folder, tmp_path / "out.zip")) as zf:
+        infos = {i.filename: i for i in zf.infolist()}
+        assert sorted(infos) == ["crops/a_1_box.png", "predictions.json"]
+        assert infos["crops/a_1_box.png"].compress_type == zipfile.ZIP_STORED
+        assert infos["predictions.json"].compress_type == zipfile.ZIP_DEFLATED
+        assert zf.read("crops/a_1_box.png") == png

@@ -25,5 +25,7 @@ def test_latency_reference_model_loads_as_data_and_segments(tmp_path):
     ]
     segmenter = load_model(str(weights), device="cpu")  # the same call bench/latency.py's worker makes
     assert type(segmenter.model.backbone).__name__ == "ResNet"
+    resize = next(t for t in segmenter.pipeline.transforms if type(t).__name__ == "Resize")
+    assert tuple(resize.scale) == (432, 432)  # the photos' size, not the stock 1333x800
     nails = segmenter.predict_all(load_image_rgb(PHOTOS[0]))
     assert len(nails) <= 10  # the reference's max_per_img; random weights find anything or nothing
