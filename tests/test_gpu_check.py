@@ -1,0 +1,70 @@
+"""scripts/gpu_check.sh, the GPU half's one script: its build flags are the Docker CUDA image's, and
+its measuring phase runs end to end (here on the CPU, with the test photos and tiny numbers).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from support import REPO
+
+SCRIPT = REPO / "scripts" / "gpu_check.sh"
+
+
+def test_mmcv_is_built_with_the_docker_cuda_flags():
+    text = SCRIPT.read_text()
+    # One source of the flags: the file the Dockerfile's CUDA stage hands to scripts/setup.sh.
+    assert "source scripts/mmcv-cuda.env" in text
+    assert "NAILSEG_MMCV_ENV=scripts/mmcv-cuda.env" in (REPO / "Dockerfile").read_text()
+    for flag in ("FORCE_CUDA", "MMCV_WITH_OPS"):
+        assert f"{flag}=" not in text.replace("source scripts/mmcv-cuda.env", ""), f"{flag} set outside the env file"
+    assert subprocess.run(["bash", "-n", str(SCRIPT)]).returncode == 0
+
+
+def test_device_phase_without_prepared_files_says_what_to_do(tmp_path):
+    if (REPO / ".gpu" / "whl").is_dir():
+        pytest.skip(".gpu/ is prepared in this checkout")
+    env = {**os.environ, "NAILSEG_GPU_STATE": str(tmp_path / "state"), "OUT": str(tmp_path / "out")}
+    done = subprocess.run([str(SCRIPT)], capture_output=True, text=True, env=env)
+    assert done.returncode == 2 and "scripts/gpu_check.sh prepare" in done.stderr
+    assert not (tmp_path / "state").exists()  # nothing started, nothing written
+
+
+@pytest.mark.slow
+def test_dry_run_measures_every_step(tmp_path):
+    env = {**os.environ, "NAILSEG_GPU_STATE": str(tmp_path / "state"), "NAILSEG_GPU_DRY_OUT": str(tmp_path / "out")}
+    done = subprocess.run([str(SCRIPT), "dry-run"], capture_output=True, text=True, env=env, timeout=900)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    results = json.loads((tmp_path / "out" / "gpu.json").read_text())
+    assert list(results) == ["env", "train-default", "train-r50", "export", "evaluate", "predict"]
+    for run in ("train-default", "train-r50"):
+        assert results[run]["images_per_s"] > 0 and results[run]["loss_curve"]
+    assert results["evaluate"]["gpu-trained"]["segm"]["AP"] >= 0
+    assert results["predict"]["device_ms_per_photo"] > 0
+    back = sorted(p.name for p in (tmp_path / "out").iterdir())
+    assert "mask-rcnn_effilite0_fpn-128_nails-gpu.safetensors" in back and "gpu.md" in back
+    assert len(back) <= 8  # what the device tool brings back at most
+    # Called again on the same state (a call cut off by the device's time limit): every step is skipped.
+    again = subprocess.run(
+        [
+            sys.executable,
+            "bench/gpu.py",
+            "--data",
+            str(tmp_path / "state" / "data"),
+            "--state",
+            str(tmp_path / "state"),
+            "--out",
+            str(tmp_path / "again"),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert again.stdout.count("done before") == len(results)
+    assert json.loads((tmp_path / "again" / "gpu.json").read_text()) == results
