@@ -171,7 +171,7 @@ def _loadable(load_from: str | None, work_dir: Path) -> str | None:
 
 
 def train(cfg, resume: bool = False) -> Path:
-    """Run training; with ``resume`` continue from the newest checkpoint in ``cfg.work_dir``.
+    """Run training; with ``resume`` continue from the newest checkpoint in ``cfg.work_dir`` (if any).
 
     In a distributed run (``cfg.launcher`` set by :func:`build_config`) every process calls this;
     rank 0 alone writes the checkpoints and the log.
@@ -184,8 +184,11 @@ def train(cfg, resume: bool = False) -> Path:
     import nailseg.model  # noqa: F401 - registers the backbone and mask head
     from nailseg.weights import allow_mmengine_checkpoints
 
-    cfg.resume = bool(resume)
-    cfg.load_from = None if resume else _loadable(cfg.get("load_from"), Path(cfg.work_dir))
+    # mmengine resumes from the checkpoint its ``last_checkpoint`` file names; with none saved yet
+    # (a run stopped before its first checkpoint) there is nothing to resume: start as asked,
+    # from ``load_from``, instead of from scratch.
+    cfg.resume = bool(resume) and (Path(cfg.work_dir) / "last_checkpoint").is_file()
+    cfg.load_from = None if cfg.resume else _loadable(cfg.get("load_from"), Path(cfg.work_dir))
     # mmengine reads checkpoints with torch.load's default, weights_only=True: name the plain
     # data types its own checkpoints hold, so no pickle is ever trusted with code.
     allow_mmengine_checkpoints()

@@ -123,6 +123,11 @@ def test_train_checkpoints_and_resumes(tiny, tmp_path):
     )
     assert stage2.returncode == 0, stage2.stderr[-3000:]
     assert f"Load checkpoint from {work / 'iter_4.pth'}" in stage2.stdout + stage2.stderr
+    # --resume where no checkpoint was saved yet (a run stopped early): it starts from --load-from,
+    # not from scratch.
+    early = subprocess.run([*stage2.args[:-1], str(tmp_path / "ft-early"), "--resume"], capture_output=True, text=True)
+    assert early.returncode == 0, early.stderr[-3000:]
+    assert f"Load checkpoint from {work / 'iter_4.pth'}" in early.stdout + early.stderr
 
 
 def test_load_from_exported_weights_becomes_weights_only(tmp_path):
