@@ -32,6 +32,10 @@ import sys
 import time
 from pathlib import Path
 
+from latency import predict_per_photo  # bench/latency.py: this folder is on sys.path when run as a script
+
+from nailseg.jobs import newest_checkpoint
+
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_CONFIG = REPO / "configs" / "mask-rcnn_effilite0_fpn-128_nails.py"
 R50_CONFIG = REPO / "configs" / "mask-rcnn_r50-caffe_fpn_ms_nails.py"
@@ -102,7 +106,6 @@ def speed(records: list[dict], batch_size: int) -> dict:
 
 
 def train(config: Path, work_dir: Path, args, extra: list[str], log: Path) -> dict:
-    resume = ["--resume"] if any(work_dir.glob("*.pth")) else []
     start = time.perf_counter()
     nailseg(
         "train",
@@ -113,23 +116,13 @@ def train(config: Path, work_dir: Path, args, extra: list[str], log: Path) -> di
         str(work_dir),
         "--batch-size",
         str(args.batch_size),
-        *resume,
+        "--resume",  # goes on from a call cut off by a time limit; a fresh run starts from --load-from
         *extra,
         log=log,
     )
     result = speed(scalars(work_dir), args.batch_size)
     result["wall_s"] = round(time.perf_counter() - start)
     return result
-
-
-def predict_per_photo(photos: list[str], out: Path, env: dict, weights: Path) -> float:
-    """(time for all photos - time for one) / (n - 1) of ``nailseg predict`` as whole processes."""
-    seconds = []
-    for batch in (photos, photos[:1]):
-        start = time.perf_counter()
-        nailseg("predict", *batch, "--out", str(out / str(len(batch))), "--weights", str(weights), env=env)
-        seconds.append(time.perf_counter() - start)
-    return (seconds[0] - seconds[1]) / (len(photos) - 1)
 
 
 def report(results: dict, out: Path) -> None:
@@ -209,7 +202,7 @@ def main() -> None:
         "export": lambda: {
             "weights": nailseg(
                 "export",
-                str(default_dir / (default_dir / "last_checkpoint").read_text().strip()),
+                str(newest_checkpoint(default_dir)),
                 "--out",
                 str(args.state / weights.name),
                 log=log,
@@ -234,7 +227,7 @@ def main() -> None:
         },
         "predict": lambda: {
             f"{where}_ms_per_photo": round(
-                1000 * predict_per_photo(photos, args.state / "predict" / where, env, BUNDLED)
+                1000 * predict_per_photo(str(BUNDLED), photos, args.state / "predict" / where, env)
             )
             for where, env in (("device", None), ("cpu_same_machine", {**os.environ, "CUDA_VISIBLE_DEVICES": ""}))
         },

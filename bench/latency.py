@@ -85,13 +85,23 @@ def run_worker(weights: str | None, photos: list[str]) -> dict:
     return json.loads(out.strip().splitlines()[-1])
 
 
-def predict_seconds(weights: str | None, photos: list[str], out: Path) -> float:
+def predict_seconds(weights: str | None, photos: list[str], out: Path, env: dict | None = None) -> float:
+    """Wall time of one ``nailseg predict`` process on ``photos`` (its stderr in the error on failure)."""
     cmd = [sys.executable, "-m", "nailseg", "predict", *photos, "--out", str(out)]
     if weights:
         cmd += ["--weights", weights]
     start = time.perf_counter()
-    subprocess.run(cmd, check=True, capture_output=True)
+    done = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env)
+    if done.returncode:
+        raise RuntimeError(f"nailseg predict failed (exit {done.returncode}):\n{done.stderr[-3000:]}")
     return time.perf_counter() - start
+
+
+def predict_per_photo(weights: str | None, photos: list[str], out: Path, env: dict | None = None) -> float:
+    """Per-photo time of ``nailseg predict`` without its start-up: (all photos - one photo) / (n - 1)."""
+    many = predict_seconds(weights, photos, out / "many", env)
+    one = predict_seconds(weights, photos[:1], out / "one", env)
+    return (many - one) / (len(photos) - 1)
 
 
 def main() -> None:
@@ -116,9 +126,7 @@ def main() -> None:
         e2e: dict[str, list[float]] = {name: [] for name in models}
         for r in range(args.repeats):
             for name, w in models.items():  # alternate so that machine noise hits both
-                many = predict_seconds(w, photos, tmp / f"{name}-{r}-many")
-                one = predict_seconds(w, photos[:1], tmp / f"{name}-{r}-one")
-                e2e[name].append((many - one) / (len(photos) - 1))
+                e2e[name].append(predict_per_photo(w, photos, tmp / f"{name}-{r}"))
         for name in models:
             report[name]["predict_per_photo_s"] = statistics.median(e2e[name])
     for name, r in report.items():
