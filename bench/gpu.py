@@ -3,17 +3,21 @@
 Run by ``scripts/gpu_check.sh`` (its second phase) on a GPU machine, and by
 ``scripts/gpu_check.sh dry-run`` here on the CPU with tiny numbers:
 
-    python bench/gpu.py --data D --state S --out O [--epochs 12] [--r50-epochs 1] [--batch-size 16]
+    python bench/gpu.py --data D --state S --out O [--epochs 8] [--r50-epochs 1] [--batch-size 16]
 
-Steps, each leaving a marker in ``S`` so that a call cut off by a time limit goes on where it stopped:
+Steps, each leaving a marker in ``S`` so that a call cut off by a time limit goes on where it stopped,
+in the order of what matters most when the device time runs out (the first lent run, 2026-11-27,
+ran out during ``evaluate``, which is why the weights now come back as soon as they exist):
 
 1. ``env``: the device, torch, CUDA, mmcv and whether mmcv's ops run on the GPU (RoIAlign, NMS).
 2. ``train-default``: the default config from the bundled weights, ``--epochs`` over ``D`` at
    ``--batch-size`` (lr scaled by ``--auto-scale-lr``), the backbone's ImageNet download skipped.
-3. ``train-r50``: the seed's R50-caffe config for ``--r50-epochs``, from scratch heads (offline).
-4. ``export``: the default run's last checkpoint -> ``O/<name>.safetensors`` (fp16) and its ``.json``.
-5. ``evaluate``: COCO AP on ``D/valid.json`` of the bundled weights and of the exported ones.
-6. ``predict``: ``nailseg predict`` per photo on the GPU and, on the same machine, on its CPU.
+3. ``export``: the default run's last checkpoint -> ``O/<name>.safetensors`` and its ``.json``,
+   copied to ``O`` at once (and again by every later call: the device tool empties ``O`` per call).
+4. ``train-r50``: the seed's R50-caffe config for ``--r50-epochs``, from scratch heads (offline).
+5. ``predict``: ``nailseg predict`` per photo on the GPU and, on the same machine, on its CPU.
+6. ``evaluate``: COCO AP on ``D/valid.json`` of the bundled weights and of the exported ones (the
+   one step that can also be done afterwards on any CPU, with the weights that came back).
 
 Images/s = batch size / median iteration time (mmengine's ``time`` in ``scalars.json``, the first
 10 % of iterations left out); peak GPU memory is mmengine's ``memory`` (MB, max over iterations).
@@ -34,7 +38,7 @@ from pathlib import Path
 
 from latency import predict_per_photo  # bench/latency.py: this folder is on sys.path when run as a script
 
-from nailseg.jobs import newest_checkpoint
+from nailseg.jobs import newest_checkpoint, parse_records, scalars_text
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_CONFIG = REPO / "configs" / "mask-rcnn_effilite0_fpn-128_nails.py"
@@ -85,9 +89,8 @@ def env_step() -> dict:
 
 
 def scalars(work_dir: Path) -> list[dict]:
-    """mmengine's per-interval training records of the newest run in ``work_dir``."""
-    files = sorted(work_dir.glob("*/vis_data/scalars.json"))
-    return [r for f in files for r in map(json.loads, f.read_text().splitlines()) if "loss" in r]
+    """mmengine's per-interval training records of every run (resumed ones too) in ``work_dir``."""
+    return [r for r in parse_records(scalars_text(work_dir)) if "loss" in r]
 
 
 def speed(records: list[dict], batch_size: int) -> dict:
@@ -106,7 +109,13 @@ def speed(records: list[dict], batch_size: int) -> dict:
 
 
 def train(config: Path, work_dir: Path, args, extra: list[str], log: Path) -> dict:
-    start = time.perf_counter()
+    # wall_s counts from the first start: a run cut off by a call's time limit goes on in the next call.
+    started = work_dir.parent / f"{work_dir.name}.started"
+    if not started.is_file():
+        started.parent.mkdir(parents=True, exist_ok=True)
+        started.write_text(str(time.time()))
+    calls = int(started.with_suffix(".calls").read_text()) + 1 if started.with_suffix(".calls").is_file() else 1
+    started.with_suffix(".calls").write_text(str(calls))
     nailseg(
         "train",
         str(config),
@@ -121,7 +130,8 @@ def train(config: Path, work_dir: Path, args, extra: list[str], log: Path) -> di
         log=log,
     )
     result = speed(scalars(work_dir), args.batch_size)
-    result["wall_s"] = round(time.perf_counter() - start)
+    result["wall_s"] = round(time.time() - float(started.read_text()))
+    result["calls"] = calls
     return result
 
 
@@ -134,7 +144,8 @@ def report(results: dict, out: Path) -> None:
             memory = f", peak GPU memory {r['peak_gpu_memory_mb']} MB" if "peak_gpu_memory_mb" in r else ""
             lines.append(
                 f"- {name}: {r['images_per_s']} images/s, {r['s_per_iter']} s/iteration{memory}, "
-                f"whole run {r['wall_s']} s; loss {r['loss_curve'][0][1]} -> {r['loss_curve'][-1][1]}"
+                f"whole run {r['wall_s']} s in {r.get('calls', 1)} call(s); "
+                f"loss {r['loss_curve'][0][1]} -> {r['loss_curve'][-1][1]}"
             )
     for key in ("evaluate", "predict", "build"):
         if key in results:
@@ -147,7 +158,7 @@ def main() -> None:
     parser.add_argument("--data", type=Path, required=True, help="a `nailseg convert` output (train/valid.json)")
     parser.add_argument("--state", type=Path, required=True, help="work dirs and step markers")
     parser.add_argument("--out", type=Path, required=True, help="what comes back")
-    parser.add_argument("--epochs", type=int, default=12, help="default config: passes over the photos")
+    parser.add_argument("--epochs", type=int, default=8, help="default config: passes over the photos")
     parser.add_argument("--r50-epochs", type=int, default=1)
     parser.add_argument("--batch-size", type=int, default=16, help="photos per iteration")
     parser.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1), help="data loader processes")
@@ -184,6 +195,17 @@ def main() -> None:
             ],
             log,
         ),
+        "export": lambda: {
+            "weights": nailseg(
+                "export",
+                str(newest_checkpoint(default_dir)),
+                "--out",
+                str(args.state / weights.name),
+                log=log,
+            )
+            .strip()
+            .splitlines()[-1]
+        },
         "train-r50": lambda: train(
             R50_CONFIG,
             r50_dir,
@@ -199,16 +221,11 @@ def main() -> None:
             ],
             log,
         ),
-        "export": lambda: {
-            "weights": nailseg(
-                "export",
-                str(newest_checkpoint(default_dir)),
-                "--out",
-                str(args.state / weights.name),
-                log=log,
+        "predict": lambda: {
+            f"{where}_ms_per_photo": round(
+                1000 * predict_per_photo(str(BUNDLED), photos, args.state / "predict" / where, env)
             )
-            .strip()
-            .splitlines()[-1]
+            for where, env in (("device", None), ("cpu_same_machine", {**os.environ, "CUDA_VISIBLE_DEVICES": ""}))
         },
         "evaluate": lambda: {
             name: json.loads(
@@ -225,16 +242,17 @@ def main() -> None:
             )
             for name, w in (("bundled", BUNDLED), ("gpu-trained", args.state / weights.name))
         },
-        "predict": lambda: {
-            f"{where}_ms_per_photo": round(
-                1000 * predict_per_photo(str(BUNDLED), photos, args.state / "predict" / where, env)
-            )
-            for where, env in (("device", None), ("cpu_same_machine", {**os.environ, "CUDA_VISIBLE_DEVICES": ""}))
-        },
     }
     build = args.state / "build.seconds"
     if build.is_file():
         results["build"] = {"mmcv_build_s": int(float(build.read_text()))}
+
+    def bring_back() -> None:  # the exported weights go to OUT as soon as they exist: a call cut off still returns them
+        for src in (args.state / weights.name, (args.state / weights.name).with_suffix(".json")):
+            if src.is_file():
+                shutil.copy2(src, args.out / src.name)
+
+    bring_back()
     for name, step in steps.items():
         if name in results:
             print(f"{name}: done before", flush=True)
@@ -243,8 +261,8 @@ def main() -> None:
         results[name] = step()
         results_file.write_text(json.dumps(results, indent=1))
         report(results, args.out)
-    for src in (args.state / weights.name, (args.state / weights.name).with_suffix(".json")):
-        shutil.copy2(src, args.out / src.name)
+        bring_back()
+    bring_back()
     report(results, args.out)
     print((args.out / "gpu.md").read_text())
 

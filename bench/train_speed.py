@@ -17,7 +17,6 @@ threads per process.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import subprocess
@@ -25,6 +24,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from nailseg.jobs import parse_records, scalars_text
 
 ROOT = Path(__file__).resolve().parent.parent
 TEST_DATA = ROOT / "tests" / "data" / "nails-roboflow"
@@ -45,7 +46,7 @@ def run_once(data: Path, nproc: int, batch_size: int, iters: int, warmup: int, w
     wall = time.perf_counter() - start
     if proc.returncode:
         sys.exit(f"nailseg train --nproc {nproc} failed:\n{proc.stderr[-3000:]}")
-    records = [json.loads(line) for path in work.glob("*/vis_data/scalars.json") for line in path.open()]
+    records = parse_records(scalars_text(work))
     times = [r["time"] for r in sorted(records, key=lambda r: r.get("iter", 0)) if "time" in r][warmup:]
     return dict(images_per_s=nproc * batch_size / statistics.median(times), wall_s=wall, iters=len(times))
 

@@ -148,21 +148,28 @@ def parse_loop(config_text: str) -> tuple[int | None, int | None]:
     return tuple(int(f[1]) if f else None for f in found)  # type: ignore[return-value]
 
 
-def parse_scalars(text: str) -> tuple[list[tuple[int, float]], dict[str, float]]:
-    """Loss history ``[(iter, loss)]`` and the last validation metrics from ``scalars.json`` text.
-
-    One JSON object per line; lines that do not parse (a line being written) are skipped.
-    Validation records carry ``coco/*`` keys and the iteration they were taken at.
-    """
-    losses: dict[int, float] = {}
-    metrics: dict[str, float] = {}
+def parse_records(text: str) -> list[dict]:
+    """The records of ``scalars.json`` text, one JSON object per line; lines that do not parse (a
+    line being written) are skipped."""
+    records = []
     for line in text.splitlines():
         try:
             record = json.loads(line)
         except json.JSONDecodeError:
             continue
-        if not isinstance(record, dict):
-            continue
+        if isinstance(record, dict):
+            records.append(record)
+    return records
+
+
+def parse_scalars(text: str) -> tuple[list[tuple[int, float]], dict[str, float]]:
+    """Loss history ``[(iter, loss)]`` and the last validation metrics from ``scalars.json`` text.
+
+    Validation records carry ``coco/*`` keys and the iteration they were taken at.
+    """
+    losses: dict[int, float] = {}
+    metrics: dict[str, float] = {}
+    for record in parse_records(text):
         if "loss" in record and "iter" in record:
             losses[int(record["iter"])] = float(record["loss"])
         if any(k in record for k in METRIC_KEYS):
@@ -201,6 +208,13 @@ def newest_checkpoint(work_dir: str | Path) -> Path | None:
     return pths[-1] if pths else None
 
 
+def scalars_text(work_dir: str | Path) -> str:
+    """mmengine's ``scalars.json`` of every run in ``work_dir``, oldest first (each start, a resumed
+    one too, adds a ``<timestamp>/vis_data/`` folder)."""
+    files = sorted(Path(work_dir).glob("*/vis_data/scalars.json"))
+    return "\n".join(p.read_text(errors="replace") for p in files)
+
+
 def read_run(work_dir: str | Path, log_lines: int = 30) -> dict:
     """Progress, log tail, losses, metrics and checkpoint of a (running or ended) run's work dir."""
     work_dir = Path(work_dir)
@@ -209,8 +223,7 @@ def read_run(work_dir: str | Path, log_lines: int = 30) -> dict:
     for cfg in work_dir.glob("*.py"):  # mmengine dumps the full config here at start
         max_epochs = parse_loop(cfg.read_text(errors="replace"))[1]
     it, max_iters, eta = parse_progress(log_text, max_epochs)
-    scalars = "\n".join(p.read_text(errors="replace") for p in sorted(work_dir.glob("*/vis_data/scalars.json")))
-    losses, metrics = parse_scalars(scalars)
+    losses, metrics = parse_scalars(scalars_text(work_dir))
     ckpt = newest_checkpoint(work_dir)
     return dict(
         iter=it,

@@ -73,6 +73,9 @@ def build_config(
     """
     from mmengine.config import Config
 
+    for name, value in (("epochs", epochs), ("batch size", batch_size), ("learning rate", lr)):
+        if value is not None and not value > 0:  # 0 would otherwise mean "the config's own"
+            raise ValueError(f"{name} must be positive, got {value}")
     config, data = Path(config), Path(data).resolve()
     train_json, valid_json = data / "train.json", data / "valid.json"
     if not train_json.is_file():

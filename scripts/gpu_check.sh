@@ -14,7 +14,7 @@
 #                                  photos and tiny numbers (no build), to check the script itself.
 #
 # Settings (environment): OUT (what comes back; default $STATE/out), NAILSEG_GPU_STATE (default
-# /tmp/nailseg-gpu; the dry run's: /tmp/nailseg-gpu-dry), NAILSEG_GPU_EPOCHS (12), NAILSEG_GPU_BATCH (16), NAILSEG_GPU_WAIT_S (540).
+# /tmp/nailseg-gpu; the dry run's: /tmp/nailseg-gpu-dry), NAILSEG_GPU_EPOCHS (8), NAILSEG_GPU_BATCH (16), NAILSEG_GPU_WAIT_S (540).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 REPO=$PWD
@@ -131,7 +131,7 @@ case "${1:-device}" in
       echo "mmcv build failed (exit $(cat "$STATE/build.rc")); its log ends:" && tail -n 40 "$STATE/build.log" && exit 4
     fi
     echo "mmcv built in $(cat "$STATE/build.seconds") s"
-    measure python3 --epochs "${NAILSEG_GPU_EPOCHS:-12}" --batch-size "${NAILSEG_GPU_BATCH:-16}"
+    measure python3 --epochs "${NAILSEG_GPU_EPOCHS:-8}" --batch-size "${NAILSEG_GPU_BATCH:-16}"
     ;;
   *)
     echo "usage: scripts/gpu_check.sh [prepare|dry-run]" >&2

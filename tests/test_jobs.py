@@ -23,7 +23,10 @@ from nailseg.jobs import (
     parse_eta,
     parse_loop,
     parse_progress,
+    parse_records,
     parse_scalars,
+    read_run,
+    scalars_text,
     tail_lines,
 )
 
@@ -102,6 +105,19 @@ def test_parse_scalars_losses_and_last_validation():
 @pytest.mark.parametrize("text", ["", "\n\n", "not json\n[1, 2]\n", '{"lr": 0.1}'])
 def test_parse_scalars_empty_and_malformed(text):
     assert parse_scalars(text) == ([], {})
+
+
+def test_a_resumed_run_s_records_follow_the_first_run_s(tmp_path):
+    # Each start of mmengine (a resume too) writes a new <timestamp>/vis_data/scalars.json.
+    for stamp, records in (
+        ("20261127_072348", [{"loss": 0.6, "iter": 740}]),
+        ("20261127_071744", [{"loss": 0.7, "iter": 10}]),
+    ):
+        (tmp_path / stamp / "vis_data").mkdir(parents=True)
+        (tmp_path / stamp / "vis_data" / "scalars.json").write_text("\n".join(map(json.dumps, records)) + "\n")
+    assert [r["iter"] for r in parse_records(scalars_text(tmp_path))] == [10, 740]
+    assert read_run(tmp_path)["losses"] == [(10, 0.7), (740, 0.6)]
+    assert scalars_text(tmp_path / "missing") == ""
 
 
 def test_tail_lines_collapses_progress_bars():

@@ -64,6 +64,19 @@ def test_no_validation_split_means_no_validation(tmp_path):
     assert cfg.val_cfg is None and cfg.val_dataloader is None
 
 
+@pytest.mark.parametrize("setting", [{"epochs": 0}, {"batch_size": 0}, {"lr": 0.0}, {"epochs": -2}])
+def test_zero_or_negative_settings_are_refused_not_ignored(tiny, setting):
+    # 0 once meant "the config's own schedule": `--epochs 0` silently trained the full schedule.
+    with pytest.raises(ValueError, match="must be positive"):
+        build_config(DEFAULT_CONFIG, tiny, **setting)
+    done = subprocess.run(
+        [sys.executable, "-m", "nailseg", "train", "--data", str(tiny), "--epochs", "0"],
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 2 and "error: epochs must be positive, got 0" in done.stderr
+
+
 @pytest.mark.parametrize("files, error", [([], FileNotFoundError)])
 def test_missing_data_is_explained(tmp_path, files, error):
     with pytest.raises(error, match="nailseg convert"):
