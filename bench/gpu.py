@@ -163,6 +163,13 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=16, help="photos per iteration")
     parser.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1), help="data loader processes")
     parser.add_argument("--photos", type=int, default=20, help="photos for the predict timing")
+    parser.add_argument(
+        "--skip",
+        nargs="*",
+        default=[],
+        choices=["train-r50", "predict", "evaluate"],
+        help="steps to leave out, e.g. all three for a training-only run (more device time for training)",
+    )
     args = parser.parse_args()
     args.data, args.state = args.data.resolve(), args.state.resolve()
     args.out.mkdir(parents=True, exist_ok=True)
@@ -254,6 +261,9 @@ def main() -> None:
 
     bring_back()
     for name, step in steps.items():
+        if name in args.skip:
+            print(f"{name}: skipped (--skip)", flush=True)
+            continue
         if name in results:
             print(f"{name}: done before", flush=True)
             continue

@@ -14,7 +14,9 @@
 #                                  photos and tiny numbers (no build), to check the script itself.
 #
 # Settings (environment): OUT (what comes back; default $STATE/out), NAILSEG_GPU_STATE (default
-# /tmp/nailseg-gpu; the dry run's: /tmp/nailseg-gpu-dry), NAILSEG_GPU_EPOCHS (8), NAILSEG_GPU_BATCH (16), NAILSEG_GPU_WAIT_S (540).
+# /tmp/nailseg-gpu; the dry run's: /tmp/nailseg-gpu-dry), NAILSEG_GPU_EPOCHS (8), NAILSEG_GPU_BATCH (16), NAILSEG_GPU_WAIT_S (540),
+# NAILSEG_GPU_SKIP (none; "train-r50 predict evaluate" for a training-only run), and for prepare
+# NAILSEG_GPU_PHOTO_OFFSET (0: every second training photo by name from the first; 1: the others).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 REPO=$PWD
@@ -38,16 +40,16 @@ prepare() {  # here: everything the GPU machine cannot fetch
   # validation photos we measure on here. 1,000 training photos and 150 validation photos.
   [[ -f data/roboflow/train.json ]] ||
     "$py" -m nailseg convert ../shared/data/nails-roboflow --out data/roboflow --valid-fraction 0.15 --seed 0
-  "$py" - "$GPU" <<'EOF'
+  "$py" - "$GPU" "${NAILSEG_GPU_PHOTO_OFFSET:-0}" <<'EOF'
 import json, shutil, sys
 from pathlib import Path
-gpu = Path(sys.argv[1])
+gpu, offset = Path(sys.argv[1]), int(sys.argv[2])  # offset: another 1,000 training photos (1 = the odd ones)
 chosen = {}
-for split, count in (("train", 1000), ("valid", 150)):
+for split, count, start in (("train", 1000, offset), ("valid", 150, 0)):
     coco = json.loads(Path(f"data/roboflow/{split}.json").read_text())
     root = Path(coco["info"]["dataset_root"])
     images = sorted(im["file_name"] for im in coco["images"])
-    chosen[split] = images[:: max(1, len(images) // count)][:count]
+    chosen[split] = images[start :: max(1, len(images) // count)][:count]
     for name in chosen[split]:
         shutil.copy2(root / name, gpu / "nails-roboflow" / name)
         label = Path("labels") / (Path(name).stem + ".txt")
@@ -131,7 +133,10 @@ case "${1:-device}" in
       echo "mmcv build failed (exit $(cat "$STATE/build.rc")); its log ends:" && tail -n 40 "$STATE/build.log" && exit 4
     fi
     echo "mmcv built in $(cat "$STATE/build.seconds") s"
-    measure python3 --epochs "${NAILSEG_GPU_EPOCHS:-8}" --batch-size "${NAILSEG_GPU_BATCH:-16}"
+    # NAILSEG_GPU_SKIP="train-r50 predict evaluate": a training-only run (word splitting intended).
+    # shellcheck disable=SC2086
+    measure python3 --epochs "${NAILSEG_GPU_EPOCHS:-8}" --batch-size "${NAILSEG_GPU_BATCH:-16}" \
+      --skip ${NAILSEG_GPU_SKIP:-}
     ;;
   *)
     echo "usage: scripts/gpu_check.sh [prepare|dry-run]" >&2

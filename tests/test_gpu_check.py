@@ -95,3 +95,28 @@ def test_dry_run_measures_every_step(tmp_path):
     )
     assert failed.returncode != 0 and "epochs must be positive" in failed.stderr, failed.stderr[-2000:]
     assert "mask-rcnn_effilite0_fpn-128_nails-gpu.safetensors" in os.listdir(tmp_path / "failed")
+    # A training-only run (NAILSEG_GPU_SKIP on the GPU machine): the other steps are left out.
+    skipped = subprocess.run(
+        [
+            sys.executable,
+            "bench/gpu.py",
+            "--data",
+            str(tmp_path / "state" / "data"),
+            "--state",
+            str(tmp_path / "state"),
+            "--out",
+            str(tmp_path / "skipped"),
+            "--skip",
+            "train-r50",
+            "predict",
+            "evaluate",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert skipped.returncode == 0, skipped.stderr[-2000:]
+    assert skipped.stdout.count("skipped (--skip)") == 3
+    assert list(json.loads((tmp_path / "skipped" / "gpu.json").read_text())) == ["env", "train-default", "export"]
+    assert "mask-rcnn_effilite0_fpn-128_nails-gpu.safetensors" in os.listdir(tmp_path / "skipped")

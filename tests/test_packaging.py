@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -49,3 +50,19 @@ def test_an_installed_package_finds_the_bundled_model(tmp_path):
     assert run.returncode == 0, run.stderr[-2000:]
     assert str(tmp_path / "site") in run.stdout  # the weights it names are the installed ones
     assert json.loads((tmp_path / "out" / "predictions.json").read_text())
+
+
+def test_every_nailseg_variable_is_in_the_readme_s_settings_table():
+    used = set()
+    for path in [
+        REPO / "app.py",
+        REPO / "Dockerfile",
+        *REPO.glob("nailseg/**/*.py"),
+        *REPO.glob("scripts/*"),
+        *REPO.glob("bench/*.py"),
+    ]:
+        used |= set(re.findall(r"\bNAILSEG_[A-Z0-9_]+", path.read_text(errors="replace")))
+    rows = [line for line in (REPO / "README.md").read_text().splitlines() if line.startswith("| `")]
+    documented = {name for row in rows for name in re.findall(r"`(NAILSEG_[A-Z0-9_]+)`", row.split(" | ")[0])}
+    assert len(used) > 10
+    assert used <= documented, sorted(used - documented)
