@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import io
 import os
 import socket
@@ -23,6 +24,14 @@ REPO = Path(__file__).resolve().parent.parent
 DATA = REPO / "tests" / "data" / "nails-roboflow"  # six CC BY 4.0 photos, see tests/data/ATTRIBUTION.md
 PHOTOS = sorted((DATA / "images").glob("*.jpg"))
 SHARED = REPO.parent / "shared" / "data"  # the full data sets: only in the development checkout
+
+
+def load_bench(name: str):
+    """``bench/NAME.py`` as a module (the benchmarks are scripts, not a package)."""
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", REPO / "bench" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def weights_spec() -> str:

@@ -2,23 +2,14 @@
 
 from __future__ import annotations
 
-import importlib.util
-
-from support import PHOTOS, REPO
+from support import PHOTOS, load_bench
 
 from nailseg.images import load_image_rgb
 from nailseg.inference import load_model
 
 
-def _bench(name: str):
-    spec = importlib.util.spec_from_file_location(f"bench_{name}", REPO / "bench" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_latency_reference_model_loads_as_data_and_segments(tmp_path):
-    weights = _bench("latency").export_reference(tmp_path)
+    weights = load_bench("latency").export_reference(tmp_path)
     assert sorted(p.name for p in tmp_path.iterdir()) == [
         "mask-rcnn_r50_fpn_reference.json",
         "mask-rcnn_r50_fpn_reference.safetensors",

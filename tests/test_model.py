@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 from support import DATA as TINY_DATA
-from support import label_masks
+from support import label_masks, load_bench
 
 from nailseg.images import load_image_rgb
 from nailseg.weights import load_state_dict, resolve_weights
@@ -142,9 +142,6 @@ def test_predict_classifier_crops_aligned(photos, tmp_path):
     """`--crop-size 224 --align`: every crop 224 x 224, elongated nails stand upright, crops.csv lists them all."""
     import csv
 
-    import cv2
-    from PIL import Image
-
     out = tmp_path / "out"
     run = subprocess.run(
         [
@@ -163,24 +160,10 @@ def test_predict_classifier_crops_aligned(photos, tmp_path):
         text=True,
     )
     assert run.returncode == 0, run.stderr
-    results = json.loads((out / "predictions.json").read_text())
+    checked = load_bench("crops").check_crops(out, 224)  # what bench/crops.py reports on the validation split
+    assert checked["nails"] == checked["rows"] > 0 and checked["rows_match_predictions"]
+    assert checked["wrong_size"] == 0
+    assert checked["elongated"] >= 10 and checked["upright"] >= 0.95 * checked["elongated"], checked
     with open(out / "crops.csv", newline="") as f:
-        rows = list(csv.DictReader(f))
-    assert len(rows) == len(results) > 0
-    expected, per_photo = [], {}
-    for result in results:  # nails numbered from 1 within each photo, in the same order
-        per_photo[result["file_name"]] = per_photo.get(result["file_name"], 0) + 1
-        expected.append((result["file_name"], per_photo[result["file_name"]]))
-    assert [(r["photo"], int(r["nail"])) for r in rows] == expected
-    upright = elongated = 0
-    for row in rows:
-        box, cutout = (np.asarray(Image.open(out / row[column])) for column in ("crop", "cutout"))
-        assert box.shape == (224, 224, 3) and cutout.shape == (224, 224, 4)
-        m = cv2.moments((cutout[..., 3] > 0).astype(np.uint8), binaryImage=True)
-        mu20, mu02, mu11 = m["mu20"], m["mu02"], m["mu11"]
-        spread = np.hypot((mu20 - mu02) / 2, mu11)
-        if (mu20 + mu02) / 2 + spread >= 1.44 * ((mu20 + mu02) / 2 - spread):  # axes ratio >= 1.2
-            elongated += 1
-            upright += abs(abs(0.5 * np.degrees(np.arctan2(2 * mu11, mu20 - mu02))) - 90) <= 10
-        assert row["tip"] in ("up", "unknown") and -180 <= float(row["angle_deg"]) <= 180
-    assert elongated >= 10 and upright >= 0.95 * elongated, (upright, elongated)
+        for row in csv.DictReader(f):
+            assert row["tip"] in ("up", "unknown") and -180 <= float(row["angle_deg"]) <= 180
