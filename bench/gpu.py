@@ -110,12 +110,12 @@ def speed(records: list[dict], batch_size: int) -> dict:
 
 def train(config: Path, work_dir: Path, args, extra: list[str], log: Path) -> dict:
     # wall_s counts from the first start: a run cut off by a call's time limit goes on in the next call.
-    started = work_dir.parent / f"{work_dir.name}.started"
+    started, calls_file = (work_dir.parent / f"{work_dir.name}.{what}" for what in ("started", "calls"))
     if not started.is_file():
         started.parent.mkdir(parents=True, exist_ok=True)
         started.write_text(str(time.time()))
-    calls = int(started.with_suffix(".calls").read_text()) + 1 if started.with_suffix(".calls").is_file() else 1
-    started.with_suffix(".calls").write_text(str(calls))
+    calls = int(calls_file.read_text()) + 1 if calls_file.is_file() else 1
+    calls_file.write_text(str(calls))
     nailseg(
         "train",
         str(config),
@@ -272,7 +272,6 @@ def main() -> None:
         results_file.write_text(json.dumps(results, indent=1))
         report(results, args.out)
         bring_back()
-    bring_back()
     report(results, args.out)
     print((args.out / "gpu.md").read_text())
 

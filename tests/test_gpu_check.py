@@ -35,6 +35,15 @@ def test_device_phase_without_prepared_files_says_what_to_do(tmp_path):
     assert not (tmp_path / "state").exists()  # nothing started, nothing written
 
 
+def measure_again(tmp_path, out: str, *extra: str) -> subprocess.CompletedProcess:
+    """``bench/gpu.py`` once more on the dry run's state, into a fresh ``tmp_path / out``: a later device call."""
+    state = tmp_path / "state"
+    cmd = [sys.executable, "bench/gpu.py", "--data", str(state / "data"), "--state", str(state)]
+    return subprocess.run(
+        [*cmd, "--out", str(tmp_path / out), *extra], cwd=REPO, capture_output=True, text=True, timeout=300
+    )
+
+
 @pytest.mark.slow
 def test_dry_run_measures_every_step(tmp_path):
     env = {**os.environ, "NAILSEG_GPU_STATE": str(tmp_path / "state"), "NAILSEG_GPU_DRY_OUT": str(tmp_path / "out")}
@@ -51,22 +60,7 @@ def test_dry_run_measures_every_step(tmp_path):
     assert "mask-rcnn_effilite0_fpn-128_nails-gpu.safetensors" in back and "gpu.md" in back
     assert len(back) <= 8  # what the device tool brings back at most
     # Called again on the same state (a call cut off by the device's time limit): every step is skipped.
-    again = subprocess.run(
-        [
-            sys.executable,
-            "bench/gpu.py",
-            "--data",
-            str(tmp_path / "state" / "data"),
-            "--state",
-            str(tmp_path / "state"),
-            "--out",
-            str(tmp_path / "again"),
-        ],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    again = measure_again(tmp_path, "again")
     assert again.returncode == 0, again.stderr[-2000:]
     assert again.stdout.count("done before") == len(results)
     assert json.loads((tmp_path / "again" / "gpu.json").read_text()) == results
@@ -75,47 +69,11 @@ def test_dry_run_measures_every_step(tmp_path):
     marks = tmp_path / "state" / "results.json"
     marks.write_text(json.dumps({k: v for k, v in results.items() if k in ("env", "train-default", "export")}))
     shutil.rmtree(tmp_path / "state" / "work" / "r50")
-    failed = subprocess.run(
-        [
-            sys.executable,
-            "bench/gpu.py",
-            "--data",
-            str(tmp_path / "state" / "data"),
-            "--state",
-            str(tmp_path / "state"),
-            "--out",
-            str(tmp_path / "failed"),
-            "--r50-epochs",
-            "0",
-        ],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    failed = measure_again(tmp_path, "failed", "--r50-epochs", "0")
     assert failed.returncode != 0 and "epochs must be positive" in failed.stderr, failed.stderr[-2000:]
     assert "mask-rcnn_effilite0_fpn-128_nails-gpu.safetensors" in os.listdir(tmp_path / "failed")
     # A training-only run (NAILSEG_GPU_SKIP on the GPU machine): the other steps are left out.
-    skipped = subprocess.run(
-        [
-            sys.executable,
-            "bench/gpu.py",
-            "--data",
-            str(tmp_path / "state" / "data"),
-            "--state",
-            str(tmp_path / "state"),
-            "--out",
-            str(tmp_path / "skipped"),
-            "--skip",
-            "train-r50",
-            "predict",
-            "evaluate",
-        ],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    skipped = measure_again(tmp_path, "skipped", "--skip", "train-r50", "predict", "evaluate")
     assert skipped.returncode == 0, skipped.stderr[-2000:]
     assert skipped.stdout.count("skipped (--skip)") == 3
     assert list(json.loads((tmp_path / "skipped" / "gpu.json").read_text())) == ["env", "train-default", "export"]

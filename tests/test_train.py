@@ -69,6 +69,9 @@ def test_zero_or_negative_settings_are_refused_not_ignored(tiny, setting):
     # 0 once meant "the config's own schedule": `--epochs 0` silently trained the full schedule.
     with pytest.raises(ValueError, match="must be positive"):
         build_config(DEFAULT_CONFIG, tiny, **setting)
+
+
+def test_cli_says_why_it_refuses_zero_epochs(tiny):
     done = subprocess.run(
         [sys.executable, "-m", "nailseg", "train", "--data", str(tiny), "--epochs", "0"],
         capture_output=True,
