@@ -186,6 +186,7 @@ def print_coco(name: str, photos: int, tallies: dict, aps: dict, thr: float, thr
             f"best F1 ({variant}): score >= {best} (F1 {tallies[variant, best].f1:.3f}, "
             f"exact count {tallies[variant, best].exact_share:.1%})"
         )
+    print(f"record it as the model's default: nailseg export CHECKPOINT --out WEIGHTS --score-thr {best}")
 
 
 def print_semantic(tallies: dict, groups: list[str], thr: float) -> None:
@@ -209,7 +210,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--img-dir", type=Path, help="folder the file_name entries are relative to")
     parser.add_argument("--semantic", type=Path, default=None, help="nails-semantic root (Images/, Masks/)")
     parser.add_argument("--groups", nargs="+", default=["1", "2", "3"], help="nails-semantic groups")
-    parser.add_argument("--score-thr", type=float, default=0.5, help="threshold of the main tables")
+    parser.add_argument(
+        "--score-thr", type=float, default=None, help="threshold of the main tables (default: the model's own)"
+    )
     parser.add_argument("--sweep", type=float, nargs="+", default=list(SWEEP), help="thresholds to sweep")
     parser.add_argument("--weights", default=None, help="weights spec (default: $NAILSEG_WEIGHTS, then bundled)")
     # Overrides of the config's mask_dedup, to compare rules; absent unless given.
@@ -230,7 +233,9 @@ def main(argv: list[str] | None = None) -> int:
     segmenter = load_model(args.weights, device="cpu")
     overrides = {k: v for k, v in vars(args).items() if k in ("iou_thr", "cover_thr", "span_score_ratio")}
     dedup = dataclasses.replace(segmenter.dedup or MaskDedup(), **overrides)
-    print(f"weights: {segmenter.weights.source}; dedup: {dedup}")
+    if args.score_thr is None:
+        args.score_thr = segmenter.score_thr
+    print(f"weights: {segmenter.weights.source}; dedup: {dedup}; the model's default threshold: {segmenter.score_thr}")
     if args.ann_file:
         thresholds = sorted({*args.sweep, args.score_thr})
         photos, tallies, aps = run_coco(segmenter, dedup, args.ann_file, args.img_dir, thresholds, args.limit)

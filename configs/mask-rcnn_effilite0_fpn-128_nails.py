@@ -29,6 +29,9 @@ model = dict(
         rcnn=dict(
             max_per_img=50,  # no hand photo has 50 nails
             # nailseg's mask NMS after mmdet's box NMS (mmdet ignores the key): one result per nail.
+            # The threshold users get (default_score_thr, also ignored by mmdet) belongs to trained
+            # weights, not to this config: chosen by F1 on the validation split and recorded by
+            # `nailseg export --score-thr` (checkpoints/README.md); 0.5 where none is recorded.
             mask_dedup=dict(iou_thr=0.5, cover_thr=0.7, span_score_ratio=0.8))))
 
 # Iteration-based so that a stopped run resumes mid-epoch; `nailseg train --epochs` rescales it.

@@ -12,7 +12,6 @@ import sys
 from pathlib import Path
 
 from nailseg.convert import DEFAULT_MIN_AREA
-from nailseg.inference import DEFAULT_SCORE_THR
 
 
 def _convert(args: argparse.Namespace) -> int:
@@ -83,6 +82,8 @@ def _predict(args: argparse.Namespace) -> int:
     from nailseg import predict
     from nailseg.draw import CropOptions
 
+    if args.score_thr is not None and not 0 <= args.score_thr <= 1:
+        raise ValueError(f"--score-thr must be in [0, 1], got {args.score_thr}")
     options = CropOptions(args.margin, bool(args.crop_size), args.crop_size, args.background == "black", args.align)
     settings = predict.Settings(args.weights, args.score_thr, options)
     if args.distributed:  # one of the workers that `--nproc` started
@@ -109,9 +110,11 @@ def _evaluate(args: argparse.Namespace) -> int:
 def _export(args: argparse.Namespace) -> int:
     from nailseg.weights import export_weights
 
-    out = export_weights(args.checkpoint, args.out, half=not args.fp32)
+    out = export_weights(args.checkpoint, args.out, half=not args.fp32, score_thr=args.score_thr)
     size = out.stat().st_size / 2**20
     print(f"wrote {out} ({size:.1f} MiB) and {out.with_suffix('.json')}")
+    if args.score_thr is None:
+        print("note: no --score-thr: unless its config states one, users get 0.5 (choose it: bench/user_view.py)")
     return 0
 
 
@@ -199,7 +202,12 @@ def build_parser() -> argparse.ArgumentParser:
         "images", type=Path, nargs="+", metavar="IMAGE", help="photos, or folders (searched recursively) of photos"
     )
     p.add_argument("--out", type=Path, required=True, help="output folder")
-    p.add_argument("--score-thr", type=float, default=DEFAULT_SCORE_THR, help="keep nails scoring at least this")
+    p.add_argument(
+        "--score-thr",
+        type=float,
+        default=None,
+        help="keep nails scoring at least this (default: the model's own, from its config; 0.85 for the bundled one)",
+    )
     p.add_argument("--weights", default=None, help=weights_help)
     p.add_argument(
         "--crop-size",
@@ -238,6 +246,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--out", type=Path, required=True, help="weights file to write (NAME.safetensors; NAME.json beside it)"
     )
     p.add_argument("--fp32", action="store_true", help="store float32 (default: float16, half the size)")
+    p.add_argument(
+        "--score-thr",
+        type=float,
+        default=None,
+        help="record the model's default score threshold in its config (choose it by F1: bench/user_view.py)",
+    )
     p.set_defaults(func=_export)
 
     p = sub.add_parser("push", help="upload weights, their config and a model card to a Hugging Face Hub repo")

@@ -20,9 +20,10 @@ from nailseg.images import fit_within
 from nailseg.result import Nails
 from nailseg.weights import ResolvedWeights, WeightsError, load_model_config, load_state_dict, resolve_weights
 
-# Chosen by F1 on the bundled model's validation split, duplicates suppressed (checkpoints/README.md,
-# bench/user_view.py): best at 0.85 (F1 0.903), 0.901 from 0.75 to 0.80; at 0.50 it is 0.888.
-DEFAULT_SCORE_THR = 0.85
+# A model's default score threshold is its own: ``test_cfg.rcnn.default_score_thr`` in its config,
+# chosen by F1 on its validation split (the bundled model's: 0.85, checkpoints/README.md) and
+# recorded by ``nailseg export --score-thr``. Weights whose config states none get this.
+FALLBACK_SCORE_THR = 0.5
 # The model sees photos at ~432 px; a 50 MP photo is shrunk to this long side before inference
 # and its masks are scaled back, which keeps memory flat without changing what the model sees.
 MAX_INFERENCE_SIDE = 1600
@@ -38,22 +39,24 @@ class NailSegmenter:
     device: str
     load_seconds: float
     dedup: MaskDedup | None = MaskDedup()  # None: every detection, duplicates too
+    score_thr: float = FALLBACK_SCORE_THR  # the model's default threshold (see default_score_thr)
 
     def __post_init__(self) -> None:
         self._lock = threading.Lock()
 
-    def predict(self, image_rgb: np.ndarray, score_thr: float = DEFAULT_SCORE_THR) -> Nails:
+    def predict(self, image_rgb: np.ndarray, score_thr: float | None = None) -> Nails:
         """Find the nails in one photo.
 
         Args:
             image_rgb: ``(H, W, 3) uint8`` RGB photo (EXIF rotation already applied, see
                 :func:`nailseg.images.load_image_rgb`).
-            score_thr: keep nails scoring at least this, in ``[0, 1]``.
+            score_thr: keep nails scoring at least this, in ``[0, 1]``; None: the model's own
+                default, :attr:`score_thr`.
 
         Returns:
             ``Nails`` in pixels of ``image_rgb``, numbered in reading order.
         """
-        return self.predict_all(image_rgb, min_score=score_thr)
+        return self.predict_all(image_rgb, min_score=self.score_thr if score_thr is None else score_thr)
 
     def predict_all(self, image_rgb: np.ndarray, min_score: float = 0.0, dedup: bool = True) -> Nails:
         """Every nail the model reports scoring at least ``min_score`` (at most ``max_per_img``).
@@ -135,6 +138,7 @@ def load_model(
         model.load_state_dict(load_state_dict(resolved.weights), strict=True)
         pipeline = Compose(_inference_pipeline(cfg.test_pipeline))
         dedup = dedup_settings(cfg.model)
+        score_thr = default_score_thr(cfg.model)
     except (TypeError, KeyError, ValueError, RuntimeError, AssertionError) as err:
         if isinstance(err, WeightsError):
             raise
@@ -143,7 +147,7 @@ def load_model(
         ) from err
     model.to(device).eval()
     model.dataset_meta = {"classes": ("nail",)}
-    return NailSegmenter(model, pipeline, resolved, device, time.perf_counter() - start, dedup)
+    return NailSegmenter(model, pipeline, resolved, device, time.perf_counter() - start, dedup, score_thr)
 
 
 def dedup_settings(model_cfg: dict) -> MaskDedup | None:
@@ -151,6 +155,21 @@ def dedup_settings(model_cfg: dict) -> MaskDedup | None:
     defaults, ``None`` -> every detection is reported, duplicates too."""
     settings = ((model_cfg.get("test_cfg") or {}).get("rcnn") or {}).get("mask_dedup", {})
     return None if settings is None else MaskDedup(**settings)
+
+
+def default_score_thr(model_cfg: dict) -> float:
+    """The model config's ``test_cfg.rcnn.default_score_thr`` (the threshold users get unless they
+    choose one; mmdet ignores the key), else :data:`FALLBACK_SCORE_THR`.
+
+    Raises:
+        WeightsError: the config states a threshold outside ``(0, 1]``.
+    """
+    value = ((model_cfg.get("test_cfg") or {}).get("rcnn") or {}).get("default_score_thr")
+    if value is None:
+        return FALLBACK_SCORE_THR
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value <= 1:
+        raise WeightsError(f"config: default_score_thr must be a number in (0, 1], got {str(value)[:40]!r}")
+    return float(value)
 
 
 def _inference_pipeline(test_pipeline: list[dict]) -> list[dict]:

@@ -30,7 +30,6 @@ from nailseg import distributed, outputs
 from nailseg.draw import CropOptions
 from nailseg.files import unique_stems
 from nailseg.images import IMAGE_EXTENSIONS
-from nailseg.inference import DEFAULT_SCORE_THR
 
 SAVE_EVERY_S = 60.0
 
@@ -49,7 +48,7 @@ class Settings:
     """What every photo of a run is segmented with (the command line's options)."""
 
     weights: str | None = None
-    score_thr: float = DEFAULT_SCORE_THR
+    score_thr: float | None = None  # None: the model's own default
     options: CropOptions = CropOptions()
 
 

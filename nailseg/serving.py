@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 import atexit
+import json
 import math
 import os
 import re
@@ -32,7 +33,7 @@ from pathlib import Path
 
 import gradio as gr
 
-from nailseg.weights import BUNDLED_WEIGHTS, HubUnreachable, WeightsError
+from nailseg.weights import BUNDLED_WEIGHTS, ENV_VAR, HubUnreachable, WeightsError
 
 _SCRATCH_PREFIX = "nailseg-app-"
 SCRATCH_KEEP_S = 60.0  # Gradio copies an answer's files into its cache as soon as the handler returns
@@ -137,6 +138,25 @@ class ModelStore:
         with self._lock:
             self._spec, self._model, self.notice, self._error = spec, model, notice, None
         return describe(model, notice)
+
+    def score_thr(self) -> float:
+        """The default score threshold of the model in use (the Segment tab's slider at page load).
+
+        Never waits: before the first load has finished, it is read from the configured local
+        weights' ``.json`` config; weights on the Hub, or a config that cannot be read, give the
+        fallback until the model is loaded (loading then reports any error).
+        """
+        from nailseg.inference import FALLBACK_SCORE_THR, default_score_thr
+
+        if self._model is not None:
+            return self._model.score_thr
+        spec = str(self._spec or os.environ.get(ENV_VAR) or BUNDLED_WEIGHTS)
+        try:
+            if spec.startswith("hf://"):
+                return FALLBACK_SCORE_THR
+            return default_score_thr(json.loads(Path(spec).with_suffix(".json").read_text())["model"])
+        except (OSError, ValueError, KeyError, TypeError, AttributeError, WeightsError):
+            return FALLBACK_SCORE_THR
 
     def status(self) -> str:
         """Markdown: the weights in use, or that they are still loading."""

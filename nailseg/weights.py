@@ -261,12 +261,13 @@ def load_checkpoint(path: str | Path) -> dict:
         raise WeightsError(f"{name} is not a weights-only mmengine checkpoint ({err.__class__.__name__})") from None
 
 
-def export_weights(checkpoint: str | Path, out: str | Path, half: bool = True) -> Path:
+def export_weights(checkpoint: str | Path, out: str | Path, half: bool = True, score_thr: float | None = None) -> Path:
     """Turn an mmengine training checkpoint into ``out`` (safetensors) and its config ``out.json``.
 
     Only the model's ``state_dict`` is kept (no optimizer, no history); floating tensors are stored
     as float16 when ``half`` (half the size). The config is the one the checkpoint was trained with,
-    as JSON data, with the machine's data paths and work dir cleared.
+    as JSON data, with the machine's data paths and work dir cleared. ``score_thr``, when given, is
+    recorded as the model's default threshold (``model.test_cfg.rcnn.default_score_thr``).
     """
     import torch
     from mmengine.config import Config
@@ -274,6 +275,8 @@ def export_weights(checkpoint: str | Path, out: str | Path, half: bool = True) -
 
     from nailseg.files import write_atomic
 
+    if score_thr is not None and not 0 < score_thr <= 1:
+        raise WeightsError(f"the default score threshold must be in (0, 1], got {score_thr}")
     ckpt = load_checkpoint(checkpoint)
     state = ckpt.get("state_dict", ckpt)
     out = Path(out)
@@ -293,6 +296,9 @@ def export_weights(checkpoint: str | Path, out: str | Path, half: bool = True) -
     data.pop("custom_imports", None)  # nailseg registers its parts itself
     for key in ("launcher", "model_wrapper_cfg"):  # how a training was run (processes, DDP), not the model
         data.pop(key, None)
+    if score_thr is not None:
+        test_cfg = data["model"].setdefault("test_cfg", {})
+        test_cfg.setdefault("rcnn", {})["default_score_thr"] = score_thr
     inference_config(data)  # refuse to publish what the app would refuse to load
     write_atomic(out.with_suffix(".json"), json.dumps(data, indent=1))
     tensors = {

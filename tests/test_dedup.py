@@ -9,7 +9,7 @@ from mmengine.config import Config
 from nailseg.dedup import MaskDedup, mask_overlaps, suppress_duplicates
 from nailseg.evaluate import duplicate_pairs
 from nailseg.images import load_image_rgb
-from nailseg.inference import DEFAULT_SCORE_THR, dedup_settings
+from nailseg.inference import dedup_settings
 
 SIZE = (60, 100)  # (H, W) of the drawn photos
 
@@ -117,7 +117,7 @@ def test_real_model_shows_each_nail_once(segmenter, photos):
         every = segmenter.predict_all(rgb, min_score=0.5, dedup=False)
         nails = segmenter.predict(rgb)
         before += len(duplicate_pairs(every))
-        raw = every.filter(DEFAULT_SCORE_THR)  # the adapter thresholds first, then suppresses
+        raw = every.filter(segmenter.score_thr)  # the adapter thresholds first, then suppresses
         assert len(duplicate_pairs(nails)) == 0, photo.name
         # What the user sees is the pure function applied to the model's nails (bench/user_view.py
         # relies on this to threshold and deduplicate one model pass many times).

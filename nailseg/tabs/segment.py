@@ -19,7 +19,7 @@ import numpy as np
 from nailseg import access, draw, outputs
 from nailseg.files import safe_stem, unique_stems, write_zip
 from nailseg.images import ImageError, exif_size, load_image_rgb
-from nailseg.inference import DEFAULT_SCORE_THR, MAX_INFERENCE_SIDE
+from nailseg.inference import MAX_INFERENCE_SIDE
 from nailseg.result import Nails
 from nailseg.serving import SESSIONS, STORE, Upload, code, number, scratch_dir, weights_name
 from nailseg.weights import WeightsError
@@ -253,7 +253,8 @@ def segment_tab(examples: list[str]) -> None:
     with gr.Row():
         with gr.Column():
             photo = photo_input(label="Photo", sources=["upload", "clipboard", "webcam"], height=360, elem_id="photo")
-            score = gr.Slider(0.05, 1.0, value=DEFAULT_SCORE_THR, step=0.05, label="Score threshold")
+            # The model's own default threshold, read again at every page load (the owner may switch models).
+            score = gr.Slider(0.05, 1.0, value=STORE.score_thr, step=0.01, label="Score threshold")
             button = gr.Button("Segment", variant="primary")
             with gr.Accordion("Crop options (for a classifier)", open=False):
                 margin = gr.Slider(
@@ -315,5 +316,7 @@ def segment_tab(examples: list[str]) -> None:
         api_name="segment_batch",
         concurrency_limit=1,
     )
-    weights_button.click(switch_weights, weights, weights_status, api_name="switch_weights", concurrency_limit=1)
+    weights_button.click(
+        switch_weights, weights, weights_status, api_name="switch_weights", concurrency_limit=1
+    ).success(STORE.score_thr, None, score, api_visibility="private", show_progress="hidden")
     status.change(STORE.status, None, weights_status, api_visibility="private", show_progress="hidden")

@@ -1,0 +1,133 @@
+"""The default score threshold belongs to the model: its config states it, every caller uses it.
+
+A model's ``test_cfg.rcnn.default_score_thr`` (chosen by F1 on its validation split and recorded by
+``nailseg export --score-thr``) is what the library, ``nailseg predict``, the app's slider and
+``bench/user_view.py`` use unless a threshold is given; weights that state none get 0.5.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from nailseg import cli
+from nailseg.images import load_image_rgb
+from nailseg.inference import FALLBACK_SCORE_THR, default_score_thr, load_model
+from nailseg.serving import ModelStore
+from nailseg.weights import BUNDLED_WEIGHTS, ENV_VAR, WeightsError, export_weights, load_state_dict
+
+UNSET = object()
+
+
+def weights_with(tmp_path: Path, score_thr=UNSET, name: str = "model") -> Path:
+    """A copy of the bundled model whose config states ``score_thr`` (UNSET: states none)."""
+    weights = tmp_path / f"{name}.safetensors"
+    shutil.copyfile(BUNDLED_WEIGHTS, weights)
+    config = json.loads(BUNDLED_WEIGHTS.with_suffix(".json").read_text())
+    rcnn = config["model"]["test_cfg"]["rcnn"]
+    rcnn.pop("default_score_thr", None)
+    if score_thr is not UNSET:
+        rcnn["default_score_thr"] = score_thr
+    weights.with_suffix(".json").write_text(json.dumps(config))
+    return weights
+
+
+def test_the_bundled_model_states_the_threshold_its_card_chose():
+    config = json.loads(BUNDLED_WEIGHTS.with_suffix(".json").read_text())
+    chosen = default_score_thr(config["model"])
+    assert chosen != FALLBACK_SCORE_THR
+    card = (BUNDLED_WEIGHTS.parent / "README.md").read_text()
+    assert f"Default score threshold {chosen}" in card
+    assert f"**The default threshold, {chosen}, is chosen by F1**" in card
+
+
+@pytest.mark.parametrize("value", [0, -0.1, 1.5, "0.8", True, [0.8]])
+def test_a_config_with_a_threshold_out_of_range_is_refused(value):
+    with pytest.raises(WeightsError, match=r"default_score_thr must be a number in \(0, 1\]"):
+        default_score_thr({"test_cfg": {"rcnn": {"default_score_thr": value}}})
+
+
+def test_weights_stating_none_get_the_fallback():
+    assert default_score_thr({"test_cfg": {"rcnn": {"score_thr": 0.05}}}) == FALLBACK_SCORE_THR == 0.5
+    assert default_score_thr({}) == FALLBACK_SCORE_THR
+
+
+@pytest.fixture(scope="module")
+def low(tmp_path_factory):
+    """The bundled model, stating 0.3 as its default threshold."""
+    return load_model(weights_with(tmp_path_factory.mktemp("low"), 0.3), device="cpu")
+
+
+def test_predict_uses_the_models_own_threshold(low, photos, tmp_path):
+    assert low.score_thr == 0.3
+    assert load_model(weights_with(tmp_path, name="none"), device="cpu").score_thr == FALLBACK_SCORE_THR
+    counts = []
+    for photo in photos:
+        rgb = load_image_rgb(photo)
+        every = low.predict_all(rgb, min_score=0.3)
+        by_default = low.predict(rgb)
+        assert len(by_default) == len(every) and (by_default.scores >= 0.3).all()
+        counts.append((len(by_default), len(low.predict(rgb, 0.9))))
+    assert any(n_default > n_high for n_default, n_high in counts), counts  # the threshold did something
+
+
+def test_predict_cli_defaults_to_the_models_threshold(low, tmp_path, photos):
+    expected = sum(len(low.predict_all(load_image_rgb(p), min_score=0.3)) for p in photos[:3])
+    out = tmp_path / "out"
+    assert cli.main(["predict", *map(str, photos[:3]), "--out", str(out), "--weights", str(low.weights.weights)]) == 0
+    results = json.loads((out / "predictions.json").read_text())
+    assert len(results) == expected and min(r["score"] for r in results) >= 0.3
+
+
+def test_predict_cli_refuses_a_threshold_out_of_range(tmp_path, photos, capsys):
+    assert cli.main(["predict", str(photos[0]), "--out", str(tmp_path / "out"), "--score-thr", "1.5"]) == 2
+    assert "--score-thr must be in [0, 1], got 1.5" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def fake_checkpoint(path: Path) -> Path:
+    """An mmengine-style checkpoint of the bundled model: its state dict and its training config."""
+    import torch
+    from mmengine.config import Config
+
+    config = Path(__file__).parents[1] / "configs" / "mask-rcnn_effilite0_fpn-128_nails.py"
+    cfg = Config.fromfile(str(config), import_custom_modules=False)
+    torch.save({"state_dict": load_state_dict(BUNDLED_WEIGHTS), "meta": {"cfg": cfg.pretty_text}}, path)
+    return path
+
+
+def test_export_records_the_threshold(tmp_path, capsys):
+    checkpoint = fake_checkpoint(tmp_path / "iter_1.pth")
+    out = tmp_path / "chosen.safetensors"
+    assert cli.main(["export", str(checkpoint), "--out", str(out), "--score-thr", "0.7"]) == 0
+    assert "--score-thr" not in capsys.readouterr().out  # no reminder when one was given
+    assert load_model(out, device="cpu").score_thr == 0.7
+    plain = export_weights(checkpoint, tmp_path / "plain.safetensors")
+    assert default_score_thr(json.loads(plain.with_suffix(".json").read_text())["model"]) == FALLBACK_SCORE_THR
+    assert cli.main(["export", str(checkpoint), "--out", str(tmp_path / "p2.safetensors")]) == 0
+    assert "no --score-thr: unless" in capsys.readouterr().out
+    assert cli.main(["export", str(checkpoint), "--out", str(tmp_path / "bad.safetensors"), "--score-thr", "0"]) == 2
+    assert "must be in (0, 1], got 0.0" in capsys.readouterr().err
+    assert not (tmp_path / "bad.json").exists() and not (tmp_path / "bad.safetensors").exists()
+
+
+def test_the_apps_slider_starts_at_the_models_threshold_without_waiting(tmp_path, monkeypatch):
+    weights = weights_with(tmp_path, 0.35)
+    monkeypatch.setenv(ENV_VAR, str(weights))
+    store = ModelStore()
+    assert not store.ready and store.score_thr() == 0.35  # read from the config, nothing loaded
+    assert not store.ready
+    assert ModelStore("hf://someone/nails/model.safetensors").score_thr() == FALLBACK_SCORE_THR  # no download
+    assert ModelStore(str(tmp_path / "missing.safetensors")).score_thr() == FALLBACK_SCORE_THR
+    broken = tmp_path / "broken.safetensors"
+    broken.with_suffix(".json").write_text('{"model": {"test_cfg": {"rcnn": {"default_score_thr": 7}}}}')
+    assert ModelStore(str(broken)).score_thr() == FALLBACK_SCORE_THR  # loading it says what is wrong
+    store.switch(str(BUNDLED_WEIGHTS))
+    assert (
+        store.score_thr()
+        == store.current.score_thr
+        == default_score_thr(json.loads(BUNDLED_WEIGHTS.with_suffix(".json").read_text())["model"])
+    )
