@@ -40,53 +40,21 @@ import numpy as np
 from nailseg.convert import DEFAULT_MIN_AREA, binarize_mask, mask_to_instances
 from nailseg.datasets import discover, load_coco, load_mask
 from nailseg.dedup import MaskDedup
-from nailseg.evaluate import coco_ap, coco_nails, coco_results, duplicate_pairs, match_masks, nail_category_id
+from nailseg.evaluate import (
+    SWEEP,
+    Tally,
+    choose_threshold,
+    coco_ap,
+    coco_nails,
+    coco_results,
+    nail_category_id,
+    shown_nails,
+)
 from nailseg.images import load_image_rgb
 from nailseg.inference import MAX_INFERENCE_SIDE, load_model
 from nailseg.result import Nails
 
-SWEEP = tuple(round(0.3 + 0.05 * k, 2) for k in range(13))  # 0.3 ... 0.9
 VARIANTS = ("no dedup", "dedup")
-
-
-@dataclasses.dataclass
-class Tally:
-    """What a user sees on photos with instance labels, summed over photos."""
-
-    photos: int = 0
-    reported: int = 0
-    there: int = 0
-    pairs: int = 0
-    photos_with_pairs: int = 0
-    exact: int = 0
-    matched: int = 0
-
-    def add(self, shown: Nails, truth: Nails) -> None:
-        pairs = len(duplicate_pairs(shown))
-        self.photos += 1
-        self.reported += len(shown)
-        self.there += len(truth)
-        self.pairs += pairs
-        self.photos_with_pairs += pairs > 0
-        self.exact += len(shown) == len(truth)
-        self.matched += len(match_masks(shown.masks, truth.masks))
-
-    @property
-    def precision(self) -> float:
-        return self.matched / self.reported if self.reported else 0.0
-
-    @property
-    def recall(self) -> float:
-        return self.matched / self.there if self.there else 0.0
-
-    @property
-    def f1(self) -> float:
-        p, r = self.precision, self.recall
-        return 2 * p * r / (p + r) if p + r else 0.0
-
-    @property
-    def exact_share(self) -> float:
-        return self.exact / self.photos if self.photos else 0.0
 
 
 @dataclasses.dataclass
@@ -103,12 +71,6 @@ class SemanticTally:
         self.photos += 1
         self.iou_sum += np.count_nonzero(union & truth) / either if either else 1.0
         self.exact += len(shown) == true_count
-
-
-def shown_nails(raw: Nails, score_thr: float, dedup: MaskDedup | None) -> Nails:
-    """What ``predict(photo, score_thr)`` shows, from the model's every detection ``raw``."""
-    shown = raw.filter(score_thr)
-    return shown[dedup.keep(shown.boxes_xyxy, shown.masks, shown.scores)] if dedup else shown
 
 
 def model_pass(segmenter, rgb: np.ndarray) -> Nails:
@@ -181,7 +143,7 @@ def print_coco(name: str, photos: int, tallies: dict, aps: dict, thr: float, thr
                 f"{k:5.2f} {x.reported:9d} {x.pairs:6d} {x.photos_with_pairs:7d} {x.exact_share:7.1%} "
                 f"{x.precision:6.3f} {x.recall:6.3f} {x.f1:6.3f}"
             )
-        best = max(thresholds, key=lambda k: (round(tallies[variant, k].f1, 3), tallies[variant, k].exact_share))
+        best = choose_threshold({k: tallies[variant, k] for k in thresholds})
         print(
             f"best F1 ({variant}): score >= {best} (F1 {tallies[variant, best].f1:.3f}, "
             f"exact count {tallies[variant, best].exact_share:.1%})"

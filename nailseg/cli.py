@@ -95,15 +95,23 @@ def _predict(args: argparse.Namespace) -> int:
 
 def _evaluate(args: argparse.Namespace) -> int:
     from nailseg.datasets import load_coco
-    from nailseg.evaluate import coco_ap, predict_dataset
+    from nailseg.evaluate import coco_ap, evaluate_dataset
     from nailseg.inference import load_model
 
     gt = load_coco(args.ann_file)
     segmenter = load_model(args.weights, allow_py_config=True)
-    results = predict_dataset(segmenter, gt, args.img_dir, progress=sys.stderr.isatty())
+    evaluation = evaluate_dataset(segmenter, gt, args.img_dir, progress=sys.stderr.isatty())
     if args.dump:
-        args.dump.write_text(json.dumps(results))
-    print(json.dumps(coco_ap(gt, results)))
+        args.dump.write_text(json.dumps(evaluation.results))
+    best, tally = evaluation.chosen, evaluation.tallies[evaluation.chosen]
+    print(
+        f"best F1 at score >= {best} (F1 {tally.f1:.3f}, exact count {tally.exact_share:.1%}); the model's default "
+        f"is {segmenter.score_thr}. To make it the default: nailseg export CHECKPOINT --out W --score-thr {best}",
+        file=sys.stderr,
+    )
+    print(
+        json.dumps({**coco_ap(gt, evaluation.results), "score_thr": evaluation.threshold_summary(segmenter.score_thr)})
+    )
     return 0
 
 
@@ -233,7 +241,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--distributed", action="store_true", help=argparse.SUPPRESS)  # set for --nproc's workers
     p.set_defaults(func=_predict)
 
-    p = sub.add_parser("evaluate", help="COCO bbox/segm AP of a model on a ground-truth file")
+    p = sub.add_parser(
+        "evaluate", help="COCO bbox/segm AP of a model on a ground-truth file, and its best score threshold by F1"
+    )
     p.add_argument("--ann-file", type=Path, required=True, help="COCO ground truth (e.g. valid.json)")
     p.add_argument("--img-dir", type=Path, required=True, help="folder the file_name entries are relative to")
     p.add_argument("--weights", default=None, help=weights_help)

@@ -1,20 +1,109 @@
-"""Evaluation of a model on a ground-truth file: COCO AP (pycocotools), and what a user sees
-(one-to-one matches, duplicate pairs) for :mod:`bench.user_view`."""
+"""Evaluation of a model on a ground-truth file: COCO AP (pycocotools), what a user sees at a score
+threshold (one-to-one matches, duplicate pairs, exact counts), and the threshold chosen by F1.
+
+``nailseg evaluate`` and ``bench/user_view.py`` run through here.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import io
 import json
 from pathlib import Path
 
 import numpy as np
 
-from nailseg.dedup import duplicate_matrix, mask_overlaps
+from nailseg.dedup import MaskDedup, duplicate_matrix, mask_overlaps
 from nailseg.images import load_image_rgb
 from nailseg.result import Nails
 
 MAX_DETECTIONS = 100  # per photo, as COCO's evaluator counts them
+SWEEP = tuple(round(0.3 + 0.05 * k, 2) for k in range(13))  # the thresholds tried: 0.30 ... 0.90
+
+
+@dataclasses.dataclass
+class Tally:
+    """What a user sees on photos with instance labels, at one threshold, summed over photos."""
+
+    photos: int = 0
+    reported: int = 0
+    there: int = 0
+    pairs: int = 0
+    photos_with_pairs: int = 0
+    exact: int = 0
+    matched: int = 0
+
+    def add(self, shown: Nails, truth: Nails) -> None:
+        pairs = len(duplicate_pairs(shown))
+        self.photos += 1
+        self.reported += len(shown)
+        self.there += len(truth)
+        self.pairs += pairs
+        self.photos_with_pairs += pairs > 0
+        self.exact += len(shown) == len(truth)
+        self.matched += len(match_masks(shown.masks, truth.masks))
+
+    @property
+    def precision(self) -> float:
+        return self.matched / self.reported if self.reported else 0.0
+
+    @property
+    def recall(self) -> float:
+        return self.matched / self.there if self.there else 0.0
+
+    @property
+    def f1(self) -> float:
+        p, r = self.precision, self.recall
+        return 2 * p * r / (p + r) if p + r else 0.0
+
+    @property
+    def exact_share(self) -> float:
+        return self.exact / self.photos if self.photos else 0.0
+
+    def summary(self) -> dict:
+        return {
+            "reported": self.reported,
+            "there": self.there,
+            "precision": round(self.precision, 4),
+            "recall": round(self.recall, 4),
+            "f1": round(self.f1, 4),
+            "exact_count": round(self.exact_share, 4),
+            "duplicate_pairs": self.pairs,
+        }
+
+
+def shown_nails(raw: Nails, score_thr: float, dedup: MaskDedup | None) -> Nails:
+    """What ``predict(photo, score_thr)`` shows, from the model's every detection ``raw``:
+    the threshold first, then the duplicate suppression (as ``NailSegmenter.predict_all``)."""
+    shown = raw.filter(score_thr)
+    return shown[dedup.keep(shown.boxes_xyxy, shown.masks, shown.scores)] if dedup else shown
+
+
+def choose_threshold(tallies: dict[float, Tally]) -> float:
+    """The threshold with the best F1 (to 3 decimals); ties go to the larger exact-count share,
+    then to the lower threshold."""
+    return max(sorted(tallies), key=lambda k: (round(tallies[k].f1, 3), tallies[k].exact_share, -k))
+
+
+@dataclasses.dataclass
+class Evaluation:
+    """A model on a ground truth: ``results`` (COCO results of every detection down to the model's
+    floor, duplicates suppressed, for AP) and ``tallies`` (what a user sees, per threshold)."""
+
+    results: list[dict]
+    tallies: dict[float, Tally]
+
+    @property
+    def chosen(self) -> float:
+        return choose_threshold(self.tallies)
+
+    def threshold_summary(self, model_thr: float) -> dict:
+        return {
+            "chosen_by_f1": self.chosen,
+            "model_default": model_thr,
+            "sweep": [{"score_thr": k, **self.tallies[k].summary()} for k in sorted(self.tallies)],
+        }
 
 
 def nail_category_id(gt: dict) -> int:
@@ -28,20 +117,23 @@ def nail_category_id(gt: dict) -> int:
     raise ValueError(f"no 'nail' category among {[c['name'] for c in categories]}")
 
 
-def predict_dataset(segmenter, gt: dict, img_dir: str | Path, progress: bool = False) -> list[dict]:
-    """Every nail the model reports (no score threshold, duplicates suppressed as for a user) on
-    each photo of ``gt``, COCO results format.
-
-    Photos are read from ``img_dir / file_name``; ids are those of ``gt``.
+def evaluate_dataset(segmenter, gt: dict, img_dir: str | Path, thresholds=SWEEP, progress: bool = False) -> Evaluation:
+    """Run the model once on each photo of ``gt`` (read from ``img_dir / file_name``; ids are
+    ``gt``'s) and score it: every detection for AP, and what a user sees at each threshold, with
+    the model's duplicate suppression as everywhere.
     """
     from tqdm.auto import tqdm
 
     category_id = nail_category_id(gt)
-    results = []
+    thresholds = sorted({*thresholds, segmenter.score_thr})
+    results, tallies = [], {k: Tally() for k in thresholds}
     for image in tqdm(gt["images"], unit="photo", disable=not progress):
-        rgb = load_image_rgb(Path(img_dir) / image["file_name"])
-        results += coco_results(segmenter.predict_all(rgb), image["id"], category_id)
-    return results
+        raw = segmenter.predict_all(load_image_rgb(Path(img_dir) / image["file_name"]), dedup=False)
+        results += coco_results(shown_nails(raw, 0.0, segmenter.dedup), image["id"], category_id)
+        truth = coco_nails(gt, image)
+        for k in thresholds:
+            tallies[k].add(shown_nails(raw, k, segmenter.dedup), truth)
+    return Evaluation(results, tallies)
 
 
 def coco_results(nails: Nails, image_id: int, category_id: int) -> list[dict]:

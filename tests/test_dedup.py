@@ -7,7 +7,7 @@ import pytest
 from mmengine.config import Config
 
 from nailseg.dedup import MaskDedup, mask_overlaps, suppress_duplicates
-from nailseg.evaluate import duplicate_pairs
+from nailseg.evaluate import duplicate_pairs, shown_nails
 from nailseg.images import load_image_rgb
 from nailseg.inference import dedup_settings
 
@@ -117,12 +117,11 @@ def test_real_model_shows_each_nail_once(segmenter, photos):
         every = segmenter.predict_all(rgb, min_score=0.5, dedup=False)
         nails = segmenter.predict(rgb)
         before += len(duplicate_pairs(every))
-        raw = every.filter(segmenter.score_thr)  # the adapter thresholds first, then suppresses
         assert len(duplicate_pairs(nails)) == 0, photo.name
-        # What the user sees is the pure function applied to the model's nails (bench/user_view.py
-        # relies on this to threshold and deduplicate one model pass many times).
-        keep = segmenter.dedup.keep(raw.boxes_xyxy, raw.masks, raw.scores)
-        assert np.array_equal(nails.masks, raw[keep].masks) and np.array_equal(nails.scores, raw[keep].scores)
+        # What the user sees is the pure function applied to the model's nails (nailseg evaluate
+        # and bench/user_view.py rely on this to threshold and deduplicate one model pass many times).
+        shown = shown_nails(every, segmenter.score_thr, segmenter.dedup)
+        assert np.array_equal(nails.masks, shown.masks) and np.array_equal(nails.scores, shown.scores)
     # The bundled model shows a nail twice on these photos (checkpoints/README.md); were it not
     # so, the loop above would prove nothing about suppression.
     assert before > 0

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from pycocotools import mask as mask_utils
 
-from nailseg.evaluate import coco_ap, duplicate_pairs, match_masks, nail_category_id
+from nailseg.evaluate import Tally, choose_threshold, coco_ap, duplicate_pairs, match_masks, nail_category_id
 from nailseg.result import Nails
 
 
@@ -123,3 +123,26 @@ def _nails(*squares):
 )
 def test_duplicate_pairs(squares, expected):
     assert duplicate_pairs(_nails(*squares)).tolist() == [list(p) for p in expected]
+
+
+def test_tally_counts_what_a_user_sees():
+    truth = _nails((5, 5, 10), (30, 30, 10))
+    tally = Tally()
+    tally.add(_nails((5, 5, 10), (6, 6, 10), (30, 5, 10)), truth)  # one hit, its duplicate, one false nail
+    tally.add(_nails((5, 5, 10), (30, 30, 10)), truth)  # exactly right
+    assert (tally.photos, tally.reported, tally.there, tally.matched) == (2, 5, 4, 3)
+    assert (tally.pairs, tally.photos_with_pairs, tally.exact) == (1, 1, 1)
+    assert tally.precision == 3 / 5 and tally.recall == 3 / 4
+    assert tally.f1 == pytest.approx(2 * 0.6 * 0.75 / 1.35)
+    assert tally.summary()["exact_count"] == 0.5
+
+
+def _tally(f1_matched: int, exact: int) -> Tally:
+    """10 nails there and reported, ``f1_matched`` matched, over 4 photos with ``exact`` right counts."""
+    return Tally(photos=4, reported=10, there=10, matched=f1_matched, exact=exact)
+
+
+def test_threshold_is_chosen_by_f1_then_exact_count_then_lower():
+    assert choose_threshold({0.5: _tally(7, 3), 0.7: _tally(8, 1), 0.9: _tally(6, 4)}) == 0.7  # best F1
+    assert choose_threshold({0.5: _tally(8, 1), 0.7: _tally(8, 3), 0.9: _tally(8, 2)}) == 0.7  # tie: exact
+    assert choose_threshold({0.5: _tally(8, 2), 0.7: _tally(8, 2)}) == 0.5  # full tie: the lower

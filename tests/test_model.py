@@ -134,6 +134,14 @@ def test_evaluate_cli_on_labelled_photos(tmp_path):
     assert run.returncode == 0, run.stderr
     scores = json.loads(run.stdout.strip().splitlines()[-1])
     assert scores["segm"]["AP50"] >= 0.8 and scores["bbox"]["AP50"] >= 0.8, scores
+    # ...and the threshold a user should get, by F1 over the sweep (the model's own one included).
+    thr = scores["score_thr"]
+    sweep = {row["score_thr"]: row for row in thr["sweep"]}
+    assert thr["model_default"] in sweep and thr["chosen_by_f1"] in sweep and len(sweep) >= 13
+    assert sweep[thr["chosen_by_f1"]]["f1"] == max(row["f1"] for row in sweep.values())
+    assert all(row["there"] == 20 and row["duplicate_pairs"] == 0 for row in sweep.values())
+    assert [row["reported"] for row in thr["sweep"]] == sorted((row["reported"] for row in thr["sweep"]), reverse=True)
+    assert f"--score-thr {thr['chosen_by_f1']}" in run.stderr
     results = json.loads(dump.read_text())
     assert results and min(r["score"] for r in results) < 0.5  # no score threshold in the dump
 
