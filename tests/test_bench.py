@@ -1,4 +1,5 @@
-"""The benchmarks' own models go through the loader the app uses (a bench that cannot run measures nothing)."""
+"""The benchmarks: their own models go through the loader the app uses (a bench that cannot run measures
+nothing), and what they count is counted right."""
 
 from __future__ import annotations
 
@@ -20,3 +21,24 @@ def test_latency_reference_model_loads_as_data_and_segments(tmp_path):
     assert tuple(resize.scale) == (432, 432)  # the photos' size, not the stock 1333x800
     nails = segmenter.predict_all(load_image_rgb(PHOTOS[0]))
     assert len(nails) <= 10  # the reference's max_per_img; random weights find anything or nothing
+
+
+def test_user_view_semantic_tally_locates_the_wrong_pixels():
+    """A mask one pixel off everywhere: a poor IoU, the right area, and all of it within 1 px of the outline."""
+    import numpy as np
+
+    from nailseg.result import Nails
+
+    user_view = load_bench("user_view")
+    truth = np.zeros((40, 40), bool)
+    truth[10:20, 10:20] = True
+    shifted = np.roll(truth, 1, axis=1)
+    tally = user_view.SemanticTally()
+    tally.add(Nails(np.array([[11, 10, 21, 20]], np.float32), shifted[None], np.ones(1, np.float32)), truth, 1)
+    assert tally.iou_sum == 90 / 110 and tally.exact == 1
+    assert tally.predicted_px == tally.true_px == 100
+    assert tally.edge_fixed_iou_sum == 1.0
+    far = np.zeros_like(truth)
+    far[25:35, 25:35] = True  # a wrong nail elsewhere: not an edge error
+    tally.add(Nails(np.array([[25, 25, 35, 35]], np.float32), far[None], np.ones(1, np.float32)), truth, 1)
+    assert tally.edge_fixed_iou_sum == 1.0  # the second photo adds 0: fixing its edges does not help
