@@ -118,11 +118,29 @@ def _evaluate(args: argparse.Namespace) -> int:
 def _export(args: argparse.Namespace) -> int:
     from nailseg.weights import export_weights
 
+    if args.score_thr is not None and args.choose_thr:
+        raise ValueError("give --score-thr or --choose-thr, not both")
+    if args.choose_thr:  # checked before anything is written
+        from nailseg.evaluate import threshold_ground_truth
+
+        gt, img_dir = threshold_ground_truth(args.choose_thr, args.img_dir)
     out = export_weights(args.checkpoint, args.out, half=not args.fp32, score_thr=args.score_thr)
     size = out.stat().st_size / 2**20
     print(f"wrote {out} ({size:.1f} MiB) and {out.with_suffix('.json')}")
-    if args.score_thr is None:
-        print("note: no --score-thr: unless its config states one, users get 0.5 (choose it: bench/user_view.py)")
+    if args.choose_thr:
+        from nailseg.evaluate import evaluate_dataset
+        from nailseg.inference import load_model
+        from nailseg.weights import record_score_thr
+
+        evaluation = evaluate_dataset(load_model(out), gt, img_dir, progress=sys.stderr.isatty())
+        best, tally = evaluation.chosen, evaluation.tallies[evaluation.chosen]
+        record_score_thr(out, best)
+        print(
+            f"default score threshold {best}: best F1 on {tally.photos} photos of {args.choose_thr.name} "
+            f"(F1 {tally.f1:.3f}, exact count {tally.exact_share:.1%})"
+        )
+    elif args.score_thr is None:
+        print("note: no --score-thr or --choose-thr: unless its config states one, users get 0.5")
     return 0
 
 
@@ -260,7 +278,17 @@ def build_parser() -> argparse.ArgumentParser:
         "--score-thr",
         type=float,
         default=None,
-        help="record the model's default score threshold in its config (choose it by F1: bench/user_view.py)",
+        help="record the model's default score threshold in its config (see nailseg evaluate's choice)",
+    )
+    p.add_argument(
+        "--choose-thr",
+        type=Path,
+        default=None,
+        metavar="GT.json",
+        help="choose the default threshold by F1 on this COCO ground truth (e.g. valid.json) and record it",
+    )
+    p.add_argument(
+        "--img-dir", type=Path, default=None, help="photos of --choose-thr (default: the folder recorded in it)"
     )
     p.set_defaults(func=_export)
 

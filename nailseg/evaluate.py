@@ -136,6 +136,37 @@ def evaluate_dataset(segmenter, gt: dict, img_dir: str | Path, thresholds=SWEEP,
     return Evaluation(results, tallies)
 
 
+def threshold_ground_truth(ann_file: str | Path, img_dir: str | Path | None = None, limit: int | None = None):
+    """A COCO ground truth to choose a threshold on, and its photos' folder, checked.
+
+    Args:
+        img_dir: where the photos are (default: the folder ``nailseg convert`` recorded in the file).
+        limit: only the first ``limit`` photos (a quicker, rougher choice).
+
+    Returns:
+        ``(gt, img_dir)``.
+
+    Raises:
+        ValueError: the file has no photos or does not say where they are.
+    """
+    from nailseg.datasets import load_coco
+
+    gt = load_coco(ann_file)
+    img_dir = img_dir or (gt.get("info") or {}).get("dataset_root")
+    if not img_dir or not Path(img_dir).is_dir():
+        raise ValueError(f"the photos of {Path(ann_file).name} are not found: give their folder")
+    if not gt["images"]:
+        raise ValueError(f"{Path(ann_file).name} has no photos to choose a threshold on")
+    return {**gt, "images": gt["images"][:limit]}, Path(img_dir)
+
+
+def choose_score_thr(segmenter, ann_file: str | Path, img_dir: str | Path | None = None, limit: int | None = None):
+    """The threshold a user of ``segmenter`` should get: best F1 over :data:`SWEEP` on a COCO
+    ground truth (e.g. the ``valid.json`` the model was validated on); arguments as
+    :func:`threshold_ground_truth`. Returns the :class:`Evaluation`; its ``chosen`` is the threshold."""
+    return evaluate_dataset(segmenter, *threshold_ground_truth(ann_file, img_dir, limit))
+
+
 def coco_results(nails: Nails, image_id: int, category_id: int) -> list[dict]:
     """The ``MAX_DETECTIONS`` best-scoring nails of one photo in COCO results format."""
     top = nails[np.argsort(-nails.scores, kind="stable")[:MAX_DETECTIONS]]

@@ -9,6 +9,7 @@ A token (``$HF_TOKEN``, e.g. a Space secret) is handed to ``huggingface_hub`` an
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -78,13 +79,16 @@ def download(repo_id: str, filename: str, revision: str | None = None) -> Path:
         raise WeightsError(f"{filename} not found in Hub repo {repo_id}") from err
 
 
-def model_card(repo_id: str, weights_name: str, metrics: dict[str, float] | None = None) -> str:
+def model_card(
+    repo_id: str, weights_name: str, metrics: dict[str, float] | None = None, score_thr: float | None = None
+) -> str:
     """A minimal model card (Markdown with Hub metadata) for weights without a README of their own.
 
     Args:
         repo_id: ``owner/name`` the card is written for (it shows how to load the weights).
         weights_name: the weights file's name in the repo.
         metrics: validation COCO AP (0-1) keyed like mmengine's (``coco/segm_mAP``...), if known.
+        score_thr: the default score threshold the config states, if any.
     """
     stem = Path(weights_name).stem
     lines = [
@@ -111,6 +115,11 @@ def model_card(repo_id: str, weights_name: str, metrics: dict[str, float] | None
         f"NAILSEG_WEIGHTS=hf://{repo_id}/{weights_name} python app.py",
         f"nailseg predict photo.jpg --out out/ --weights hf://{repo_id}/{weights_name}",
         "```",
+        "",
+        f"Default score threshold: {score_thr:g}, chosen by F1 on the validation photos (the config's "
+        "`test_cfg.rcnn.default_score_thr`)."
+        if score_thr
+        else "The config states no default score threshold: NailSeg uses 0.5.",
     ]
     shown = {name: metrics[key] for key, name in _METRIC_NAMES.items() if metrics and key in metrics}
     if shown:
@@ -138,8 +147,21 @@ def hub_files(
     if not config.is_file():
         raise WeightsError(f"config {config.name} not found beside {weights}")
     card_file = weights.parent / CARD_NAME
-    card: bytes | Path = card_file if card_file.is_file() else model_card(repo_id, weights.name, metrics).encode()
+    if card_file.is_file():
+        card: bytes | Path = card_file
+    else:
+        card = model_card(repo_id, weights.name, metrics, _stated_score_thr(config)).encode()
     return [(weights.name, weights), (config.name, config), (CARD_NAME, card)]
+
+
+def _stated_score_thr(config: Path) -> float | None:
+    """The ``default_score_thr`` a JSON config states (None if none, or not JSON)."""
+    try:
+        rcnn = json.loads(config.read_text())["model"]["test_cfg"]["rcnn"]
+        value = rcnn.get("default_score_thr")
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
 
 
 def push_model(

@@ -275,8 +275,8 @@ def export_weights(checkpoint: str | Path, out: str | Path, half: bool = True, s
 
     from nailseg.files import write_atomic
 
-    if score_thr is not None and not 0 < score_thr <= 1:
-        raise WeightsError(f"the default score threshold must be in (0, 1], got {score_thr}")
+    if score_thr is not None:
+        _set_score_thr({"model": {}}, score_thr)  # refuse a bad value before writing anything
     ckpt = load_checkpoint(checkpoint)
     state = ckpt.get("state_dict", ckpt)
     out = Path(out)
@@ -297,8 +297,7 @@ def export_weights(checkpoint: str | Path, out: str | Path, half: bool = True, s
     for key in ("launcher", "model_wrapper_cfg"):  # how a training was run (processes, DDP), not the model
         data.pop(key, None)
     if score_thr is not None:
-        test_cfg = data["model"].setdefault("test_cfg", {})
-        test_cfg.setdefault("rcnn", {})["default_score_thr"] = score_thr
+        _set_score_thr(data, score_thr)
     inference_config(data)  # refuse to publish what the app would refuse to load
     write_atomic(out.with_suffix(".json"), json.dumps(data, indent=1))
     tensors = {
@@ -308,6 +307,30 @@ def export_weights(checkpoint: str | Path, out: str | Path, half: bool = True, s
     }
     save_file(tensors, str(out), metadata={"format": "pt", "source": Path(checkpoint).name})
     return out
+
+
+def _set_score_thr(data: dict, score_thr: float) -> None:
+    if isinstance(score_thr, bool) or not isinstance(score_thr, int | float) or not 0 < score_thr <= 1:
+        raise WeightsError(f"the default score threshold must be in (0, 1], got {score_thr}")
+    test_cfg = data["model"].setdefault("test_cfg", {})
+    test_cfg.setdefault("rcnn", {})["default_score_thr"] = float(score_thr)
+
+
+def record_score_thr(weights: str | Path, score_thr: float) -> Path:
+    """Make ``score_thr`` the default threshold of ``weights``: written into the ``.json`` config
+    beside them (atomically; the weights file is not touched). Returns the config's path."""
+    from nailseg.files import write_atomic
+
+    config = Path(weights).with_suffix(".json")
+    try:
+        data = json.loads(config.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise WeightsError(f"{config.name} is not a readable JSON config ({err.__class__.__name__})") from err
+    if not isinstance(data, dict) or not isinstance(data.get("model"), dict):
+        raise WeightsError(f"{config.name}: no model in it")
+    _set_score_thr(data, score_thr)
+    write_atomic(config, json.dumps(data, indent=1))
+    return config
 
 
 def load_state_dict(path: str | Path) -> dict:

@@ -68,6 +68,11 @@ def test_model_card_names_the_spec_and_metrics():
     assert "`m.json`" in card
 
 
+def test_model_card_states_the_default_threshold():
+    assert "Default score threshold: 0.75, chosen by F1" in model_card("me/nails", "m.safetensors", score_thr=0.75)
+    assert "states no default score threshold: NailSeg uses 0.5" in model_card("me/nails", "m.safetensors")
+
+
 @pytest.mark.parametrize("metrics", [None, {}, {"loss": 1.0}])
 def test_model_card_without_metrics_has_no_validation_table(metrics):
     assert "## Validation" not in model_card("me/nails", "m.safetensors", metrics)
@@ -84,6 +89,9 @@ def test_hub_files_picks_weights_config_and_card(tmp_path):
     assert names == ["m.safetensors", "m.json", "README.md"]
     generated = dict(hub_files(weights, "me/nails"))["README.md"]
     assert isinstance(generated, bytes) and b"hf://me/nails/m.safetensors" in generated
+    assert b"states no default score threshold" in generated  # "{}" states none
+    (tmp_path / "m.json").write_text('{"model": {"test_cfg": {"rcnn": {"default_score_thr": 0.8}}}}')
+    assert b"Default score threshold: 0.8, chosen by F1" in dict(hub_files(weights, "me/nails"))["README.md"]
     (tmp_path / "README.md").write_text("# my card\n")
     assert dict(hub_files(weights, "me/nails"))["README.md"] == tmp_path / "README.md"  # the card beside wins
 

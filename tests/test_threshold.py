@@ -12,12 +12,21 @@ import shutil
 from pathlib import Path
 
 import pytest
+from support import DATA as TINY_DATA
+from support import convert_test_photos
 
 from nailseg import cli
 from nailseg.images import load_image_rgb
 from nailseg.inference import FALLBACK_SCORE_THR, default_score_thr, load_model
 from nailseg.serving import ModelStore
-from nailseg.weights import BUNDLED_WEIGHTS, ENV_VAR, WeightsError, export_weights, load_state_dict
+from nailseg.weights import (
+    BUNDLED_WEIGHTS,
+    ENV_VAR,
+    WeightsError,
+    export_weights,
+    load_state_dict,
+    record_score_thr,
+)
 
 UNSET = object()
 
@@ -108,7 +117,7 @@ def test_export_records_the_threshold(tmp_path, capsys):
     plain = export_weights(checkpoint, tmp_path / "plain.safetensors")
     assert default_score_thr(json.loads(plain.with_suffix(".json").read_text())["model"]) == FALLBACK_SCORE_THR
     assert cli.main(["export", str(checkpoint), "--out", str(tmp_path / "p2.safetensors")]) == 0
-    assert "no --score-thr: unless" in capsys.readouterr().out
+    assert "no --score-thr or --choose-thr" in capsys.readouterr().out
     assert cli.main(["export", str(checkpoint), "--out", str(tmp_path / "bad.safetensors"), "--score-thr", "0"]) == 2
     assert "must be in (0, 1], got 0.0" in capsys.readouterr().err
     assert not (tmp_path / "bad.json").exists() and not (tmp_path / "bad.safetensors").exists()
@@ -131,3 +140,42 @@ def test_the_apps_slider_starts_at_the_models_threshold_without_waiting(tmp_path
         == store.current.score_thr
         == default_score_thr(json.loads(BUNDLED_WEIGHTS.with_suffix(".json").read_text())["model"])
     )
+
+
+def test_export_chooses_the_threshold_on_a_ground_truth(tmp_path, capsys):
+    """`export --choose-thr GT.json` records what `nailseg evaluate` chooses on the same photos."""
+    data = convert_test_photos(tmp_path / "data", valid_fraction=0)
+    checkpoint = fake_checkpoint(tmp_path / "iter_1.pth")
+    out = tmp_path / "chosen.safetensors"
+    assert cli.main(["export", str(checkpoint), "--out", str(out), "--choose-thr", str(data / "train.json")]) == 0
+    said = capsys.readouterr().out
+    recorded = load_model(out, device="cpu").score_thr
+    assert f"default score threshold {recorded}: best F1 on 6 photos of train.json" in said
+    assert cli.main(["evaluate", "--ann-file", str(data / "train.json"), "--img-dir", str(TINY_DATA)]) == 0
+    assert json.loads(capsys.readouterr().out.splitlines()[-1])["score_thr"]["chosen_by_f1"] == recorded
+
+
+def test_export_checks_the_ground_truth_before_writing(tmp_path, capsys):
+    checkpoint = fake_checkpoint(tmp_path / "iter_1.pth")
+    empty = tmp_path / "empty.json"
+    empty.write_text(json.dumps({"images": [], "annotations": [], "categories": [{"id": 1, "name": "nail"}]}))
+    out = tmp_path / "w.safetensors"
+    for extra, message in [
+        (["--choose-thr", str(empty)], "the photos of empty.json are not found"),
+        (["--choose-thr", str(empty), "--img-dir", str(tmp_path)], "empty.json has no photos"),
+        (["--choose-thr", str(empty), "--score-thr", "0.5"], "not both"),
+    ]:
+        assert cli.main(["export", str(checkpoint), "--out", str(out), *extra]) == 2
+        assert message in capsys.readouterr().err
+    assert not out.exists() and not out.with_suffix(".json").exists()
+
+
+def test_record_score_thr_rewrites_only_the_config(tmp_path):
+    weights = weights_with(tmp_path)
+    before = weights.read_bytes()
+    record_score_thr(weights, 0.65)
+    assert load_model(weights, device="cpu").score_thr == 0.65 and weights.read_bytes() == before
+    with pytest.raises(WeightsError, match=r"must be in \(0, 1\], got 2"):
+        record_score_thr(weights, 2)
+    with pytest.raises(WeightsError, match="not a readable JSON config"):
+        record_score_thr(tmp_path / "missing.safetensors", 0.5)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import time
 
@@ -11,6 +12,7 @@ from support import DATA as TINY_DATA
 from support import convert_test_photos
 
 import nailseg.serving
+from nailseg.evaluate import SWEEP
 from nailseg.jobs import JobStatus, TrainingJobs
 from nailseg.tabs import train as tab
 
@@ -179,8 +181,13 @@ def test_train_export_and_use_through_the_tab(tmp_path, monkeypatch):
         "mask-rcnn_effilite0_fpn-128_nails.safetensors",
     ]
     assert any(label.startswith("run ") for label in tab.start_choices())  # the next run may start from it
+    # The export's default threshold was chosen by F1 on the run's validation photos, not guessed.
+    config = json.loads(zipfile.ZipFile(archive).read("mask-rcnn_effilite0_fpn-128_nails.json"))
+    chosen = config["model"]["test_cfg"]["rcnn"]["default_score_thr"]
+    assert chosen in SWEEP
     message = tab.use_model(**OWNER)
     assert "mask-rcnn_effilite0_fpn-128_nails.safetensors" in message
+    assert f"default score threshold {chosen:g}" in message
     model = tab.STORE.current
     assert model.weights.source.endswith("export/mask-rcnn_effilite0_fpn-128_nails.safetensors")
     photo = load_image_rgb(sorted((TINY_DATA / "images").glob("*.jpg"))[0])

@@ -4,8 +4,9 @@ Everything here changes the server for every visitor, so every action is the own
 (:mod:`nailseg.access`). Training runs in its own process (:mod:`nailseg.jobs`), so segmentation
 stays responsive; a ``gr.Timer`` polls the job's files every two seconds, which also reattaches
 a reloaded page to the running job. At the end the newest checkpoint is exported to
-``.safetensors`` + ``.json`` (no pickles leave the server), which can be downloaded as a zip,
-loaded into the Segment tab ("use this model", no restart) or pushed to the Hugging Face Hub.
+``.safetensors`` + ``.json`` (no pickles leave the server), with its default score threshold
+chosen by F1 on the run's validation photos, and can be downloaded as a zip, loaded into the
+Segment tab ("use this model", no restart) or pushed to the Hugging Face Hub.
 
 Nothing typed here names a server path: datasets, configs and starting weights are picked from
 lists the server makes, and config overrides are limited to :data:`OVERRIDES`.
@@ -47,6 +48,7 @@ OVERRIDES = {
     "randomness.seed": (int, 0, 2**31 - 1),
 }
 EXPORT_DIR = "export"
+THRESHOLD_PHOTOS = 200  # validation photos the exported model's threshold is chosen on (~1 min on a CPU)
 LOG_LINES = 15  # the log box shows them all, without scrolling
 JOBS = TrainingJobs()
 
@@ -183,8 +185,30 @@ def export_checkpoint(status: JobStatus) -> tuple[Path, Path]:
             export_weights(ckpt, weights)
         except WeightsError as err:
             raise gr.Error(str(err)) from None
+        choose_threshold(status, weights)
         write_zip(weights.parent, archive)
     return weights, archive
+
+
+def choose_threshold(status: JobStatus, weights: Path) -> float | None:
+    """Record the exported model's default score threshold: best F1 on the run's validation photos
+    (the first :data:`THRESHOLD_PHOTOS`). Without usable ones it records none (users get 0.5)."""
+    from nailseg.evaluate import choose_score_thr
+    from nailseg.images import ImageError
+    from nailseg.inference import load_model
+    from nailseg.weights import WeightsError, record_score_thr
+
+    argv = status.argv
+    valid = Path(argv[argv.index("--data") + 1]) / "valid.json" if "--data" in argv[:-1] else None
+    if valid is None or not valid.is_file():
+        return None
+    gr.Info(f"Choosing the model's default score threshold on up to {THRESHOLD_PHOTOS} validation photos…")
+    try:
+        chosen = choose_score_thr(load_model(weights), valid, limit=THRESHOLD_PHOTOS).chosen
+    except (ValueError, OSError, ImageError, WeightsError):  # no photos, or a photo gone since training
+        return None
+    record_score_thr(weights, chosen)
+    return chosen
 
 
 def _view(status: JobStatus, allowed: bool = True):
