@@ -16,10 +16,10 @@ union of the reported masks with the semantic mask, and the share of photos whos
 the true count being the number of 8-connected regions of >= 20 px in the mask (nails that touch
 count as one region, so this undercounts hands with touching nails).
 
-The model runs once per photo (every detection it emits, no duplicate suppression); thresholds and
-suppression are then applied in numpy exactly as ``NailSegmenter.predict`` does (threshold first,
-then suppression on the model's masks), which ``tests/test_dedup.py`` checks. Photos must fit in
-``MAX_INFERENCE_SIDE`` (else the model's masks are not the photo's size).
+The model runs once per photo (``NailSegmenter.detect``: every detection it emits, at its own size);
+thresholds and suppression are then applied exactly as ``NailSegmenter.predict`` does (threshold
+first, then suppression on the model's masks, then back to the photo's size), which
+``tests/test_dedup.py`` checks.
 
 Usage::
 
@@ -52,7 +52,7 @@ from nailseg.evaluate import (
     shown_nails,
 )
 from nailseg.images import load_image_rgb
-from nailseg.inference import MAX_INFERENCE_SIDE, load_model
+from nailseg.inference import load_model
 from nailseg.result import Nails
 
 VARIANTS = ("no dedup", "dedup")
@@ -89,12 +89,6 @@ def _iou(a: np.ndarray, b: np.ndarray) -> float:
     return np.count_nonzero(a & b) / either if either else 1.0
 
 
-def model_pass(segmenter, rgb: np.ndarray) -> Nails:
-    if max(rgb.shape[:2]) > MAX_INFERENCE_SIDE:
-        raise ValueError(f"photo of {rgb.shape[1]}x{rgb.shape[0]} px is shrunk for the model; not supported here")
-    return segmenter.predict_all(rgb, dedup=False)
-
-
 def run_coco(segmenter, dedup: MaskDedup, ann_file: Path, img_dir: Path, thresholds: list[float], limit: int | None):
     """Tallies per (variant, threshold) and segm AP per variant on a COCO ground truth."""
     gt = load_coco(ann_file)
@@ -105,12 +99,12 @@ def run_coco(segmenter, dedup: MaskDedup, ann_file: Path, img_dir: Path, thresho
     results = {v: [] for v in VARIANTS}
     settings = dict(zip(VARIANTS, (None, dedup)))
     for image in gt["images"]:
-        raw = model_pass(segmenter, load_image_rgb(img_dir / image["file_name"]))
+        detections, to_photo = segmenter.detect(load_image_rgb(img_dir / image["file_name"]))
         truth = coco_nails(gt, image)
         for variant, option in settings.items():
-            results[variant] += coco_results(shown_nails(raw, 0.0, option), image["id"], category_id)
+            results[variant] += coco_results(to_photo(shown_nails(detections, 0.0, option)), image["id"], category_id)
             for thr in thresholds:
-                tallies[variant, thr].add(shown_nails(raw, thr, option), truth)
+                tallies[variant, thr].add(to_photo(shown_nails(detections, thr, option)), truth)
     aps = {v: coco_ap(gt, results[v])["segm"] for v in VARIANTS}
     return len(gt["images"]), tallies, aps
 
@@ -127,9 +121,9 @@ def run_semantic(segmenter, dedup: MaskDedup, root: Path, groups: list[str], thr
                 print(f"skipped {sample.image}: mask {truth.shape} vs photo {rgb.shape[:2]}", file=sys.stderr)
                 continue
             true_count = len(mask_to_instances(truth, DEFAULT_MIN_AREA))
-            raw = model_pass(segmenter, rgb)
+            detections, to_photo = segmenter.detect(rgb)
             for variant, option in zip(VARIANTS, (None, dedup)):
-                tallies[group, variant].add(shown_nails(raw, thr, option), truth, true_count)
+                tallies[group, variant].add(to_photo(shown_nails(detections, thr, option)), truth, true_count)
     return tallies
 
 

@@ -120,7 +120,7 @@ def nail_category_id(gt: dict) -> int:
 def evaluate_dataset(segmenter, gt: dict, img_dir: str | Path, thresholds=SWEEP, progress: bool = False) -> Evaluation:
     """Run the model once on each photo of ``gt`` (read from ``img_dir / file_name``; ids are
     ``gt``'s) and score it: every detection for AP, and what a user sees at each threshold, with
-    the model's duplicate suppression as everywhere.
+    the model's duplicate suppression as everywhere (on the model's masks, as ``predict`` does).
     """
     from tqdm.auto import tqdm
 
@@ -128,11 +128,11 @@ def evaluate_dataset(segmenter, gt: dict, img_dir: str | Path, thresholds=SWEEP,
     thresholds = sorted({*thresholds, segmenter.score_thr})
     results, tallies = [], {k: Tally() for k in thresholds}
     for image in tqdm(gt["images"], unit="photo", disable=not progress):
-        raw = segmenter.predict_all(load_image_rgb(Path(img_dir) / image["file_name"]), dedup=False)
-        results += coco_results(shown_nails(raw, 0.0, segmenter.dedup), image["id"], category_id)
+        detections, to_photo = segmenter.detect(load_image_rgb(Path(img_dir) / image["file_name"]))
+        results += coco_results(to_photo(shown_nails(detections, 0.0, segmenter.dedup)), image["id"], category_id)
         truth = coco_nails(gt, image)
         for k in thresholds:
-            tallies[k].add(shown_nails(raw, k, segmenter.dedup), truth)
+            tallies[k].add(to_photo(shown_nails(detections, k, segmenter.dedup)), truth)
     return Evaluation(results, tallies)
 
 

@@ -9,7 +9,9 @@ from __future__ import annotations
 import copy
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import cv2
@@ -64,6 +66,22 @@ class NailSegmenter:
         Duplicates among them (two masks on one nail, a box spanning two nails) are removed with
         :attr:`dedup` unless ``dedup`` is False.
         """
+        detections, to_photo = self.detect(image_rgb)
+        shown = detections.filter(min_score)
+        if dedup and self.dedup is not None:
+            shown = shown[self.dedup.keep(shown.boxes_xyxy, shown.masks, shown.scores)]
+        return to_photo(shown)
+
+    def detect(self, image_rgb: np.ndarray) -> tuple[Nails, Callable[[Nails], Nails]]:
+        """The model's every detection, at the size it saw the photo (at most
+        :data:`MAX_INFERENCE_SIDE`), in its own order, and the function that turns a selection of
+        them into the photo's ``Nails`` (pixels of ``image_rgb``, reading order).
+
+        Thresholds and duplicate suppression work on the model's masks, before a large photo's masks
+        are scaled back to its full size (50 MB each): :meth:`predict_all` is
+        ``to_photo(dedup(detections.filter(min_score)))``, and an evaluation can try many
+        thresholds on one model pass the same way (:func:`nailseg.evaluate.shown_nails`).
+        """
         import torch
 
         if image_rgb.ndim != 3 or image_rgb.shape[2] != 3 or image_rgb.dtype != np.uint8:
@@ -74,33 +92,33 @@ class NailSegmenter:
         batch = {"inputs": [data["inputs"]], "data_samples": [data["data_samples"]]}
         with self._lock, torch.no_grad():
             sample = self.model.test_step(batch)[0]
-        return _to_nails(sample, scale, height, width, min_score, self.dedup if dedup else None)
+        return _to_nails(sample, small.shape[:2]), partial(_to_photo, scale=scale, height=height, width=width)
 
 
-def _to_nails(
-    sample, scale: float, height: int, width: int, min_score: float = 0.0, dedup: MaskDedup | None = None
-) -> Nails:
-    """The adapter: mmdet ``DetDataSample`` -> ``Nails`` (reading order), scores >= ``min_score``.
-
-    The filter and the duplicate suppression come before masks are scaled back to a large
-    photo's full size (50 MB each), so both work on the model's masks (at most 1600 px).
-    """
+def _to_nails(sample, size: tuple[int, int]) -> Nails:
+    """The adapter: mmdet ``DetDataSample`` -> ``Nails`` of the ``size`` photo the model saw, in its order."""
     inst = sample.pred_instances
-    inst = inst[inst.scores >= min_score]
-    boxes = inst.bboxes.cpu().numpy().astype(np.float32)
+    boxes = inst.bboxes.cpu().numpy().astype(np.float32).reshape(-1, 4)
     scores = inst.scores.cpu().numpy().astype(np.float32)
-    masks = inst.masks.cpu().numpy().astype(bool) if len(scores) else np.zeros((0, height, width), bool)
-    if dedup is not None:
-        keep = dedup.keep(boxes, masks, scores)
-        boxes, scores, masks = boxes[keep], scores[keep], masks[keep]
-    boxes /= scale
-    if scale != 1.0 and len(scores):
-        masks = np.stack(
-            [cv2.resize(m.astype(np.uint8), (width, height), interpolation=cv2.INTER_NEAREST) for m in masks]
-        ).astype(bool)
+    # mmdet's masks are (N, h, w) bool already; on a CPU they are viewed, not copied.
+    masks = inst.masks.cpu().numpy().astype(bool, copy=False) if len(scores) else np.zeros((0, *size), bool)
+    return Nails(boxes, masks, scores)
+
+
+def _to_photo(nails: Nails, scale: float, height: int, width: int) -> Nails:
+    """Model-size ``nails`` in pixels of the ``height x width`` photo shrunk by ``scale``, in reading order."""
+    boxes = nails.boxes_xyxy / scale
+    masks = nails.masks
+    if scale != 1.0:
+        masks = np.zeros((0, height, width), bool)
+        if len(nails):
+            resized = [
+                cv2.resize(m.astype(np.uint8), (width, height), interpolation=cv2.INTER_NEAREST) for m in nails.masks
+            ]
+            masks = np.stack(resized).astype(bool)
     boxes[:, 0::2] = boxes[:, 0::2].clip(0, width)
     boxes[:, 1::2] = boxes[:, 1::2].clip(0, height)
-    return Nails(boxes, masks, scores).in_reading_order()
+    return Nails(boxes, masks, nails.scores.copy()).in_reading_order()
 
 
 def default_device() -> str:

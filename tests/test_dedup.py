@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import cv2
 import numpy as np
 import pytest
 from mmengine.config import Config
@@ -112,16 +113,19 @@ def test_real_model_shows_each_nail_once(segmenter, photos):
     cfg = Config.fromfile(str(segmenter.weights.config))
     assert segmenter.dedup == dedup_settings(cfg.model) is not None
     before = 0
-    for photo in photos:
-        rgb = load_image_rgb(photo)
-        every = segmenter.predict_all(rgb, min_score=0.5, dedup=False)
+    big = load_image_rgb(photos[0])
+    big = cv2.resize(big, (big.shape[1] * 4, big.shape[0] * 4))  # shrunk for the model, masks scaled back
+    for name, rgb in [(p.name, load_image_rgb(p)) for p in photos] + [("4x " + photos[0].name, big)]:
+        detections, to_photo = segmenter.detect(rgb)
+        every = to_photo(detections.filter(0.5))
         nails = segmenter.predict(rgb)
         before += len(duplicate_pairs(every))
-        assert len(duplicate_pairs(nails)) == 0, photo.name
-        # What the user sees is the pure function applied to the model's nails (nailseg evaluate
+        assert len(duplicate_pairs(nails)) == 0, name
+        # What the user sees is the pure function applied to the model's one pass (nailseg evaluate
         # and bench/user_view.py rely on this to threshold and deduplicate one model pass many times).
-        shown = shown_nails(every, segmenter.score_thr, segmenter.dedup)
-        assert np.array_equal(nails.masks, shown.masks) and np.array_equal(nails.scores, shown.scores)
+        shown = to_photo(shown_nails(detections, segmenter.score_thr, segmenter.dedup))
+        assert nails.masks.shape[1:] == rgb.shape[:2], name
+        assert np.array_equal(nails.masks, shown.masks) and np.array_equal(nails.scores, shown.scores), name
     # The bundled model shows a nail twice on these photos (checkpoints/README.md); were it not
     # so, the loop above would prove nothing about suppression.
     assert before > 0
