@@ -144,3 +144,41 @@ def test_train_tab(page, screenshot):
     page.locator("#train-progress-text").get_by_text("No training yet.").wait_for()
     assert "the config's own start" in page.locator("#train-start-from input").input_value()
     screenshot(page, "train")
+
+
+def load_weights(page, weights: Path) -> None:
+    """The owner loads other weights for everyone (the Segment tab's "Weights" accordion)."""
+    field = page.locator("#weights-spec textarea")
+    if not field.is_visible():
+        page.get_by_text("Weights (owner only)").click()
+    field.fill(str(weights))
+    page.get_by_role("button", name="Load weights for everyone").click()
+    page.locator("#weights-status").get_by_text(
+        re.compile(re.escape(weights.name) + ".*default score threshold")
+    ).wait_for()
+
+
+def slider_shows(page, value: str) -> None:
+    page.wait_for_function(f"document.querySelector('#score input[type=number]')?.value === '{value}'")
+
+
+def test_the_threshold_slider_follows_the_model(page, tmp_path):
+    """The slider starts at the model's own threshold and moves with the weights the owner loads."""
+    import json
+    import shutil
+
+    from nailseg.weights import BUNDLED_WEIGHTS
+
+    config = json.loads(BUNDLED_WEIGHTS.with_suffix(".json").read_text())
+    slider_shows(page, f"{config['model']['test_cfg']['rcnn']['default_score_thr']:g}")
+    other = tmp_path / "other.safetensors"
+    shutil.copyfile(BUNDLED_WEIGHTS, other)
+    config["model"]["test_cfg"]["rcnn"]["default_score_thr"] = 0.6
+    other.with_suffix(".json").write_text(json.dumps(config))
+    try:
+        load_weights(page, other)
+        slider_shows(page, "0.6")
+        page.reload()  # a new visitor's page starts there too
+        slider_shows(page, "0.6")
+    finally:  # the module's app serves the other tests with the bundled model
+        load_weights(page, BUNDLED_WEIGHTS)

@@ -254,7 +254,7 @@ def segment_tab(examples: list[str]) -> None:
         with gr.Column():
             photo = photo_input(label="Photo", sources=["upload", "clipboard", "webcam"], height=360, elem_id="photo")
             # The model's own default threshold, read again at every page load (the owner may switch models).
-            score = gr.Slider(0.05, 1.0, value=STORE.score_thr, step=0.01, label="Score threshold")
+            score = gr.Slider(0.05, 1.0, value=STORE.score_thr, step=0.01, label="Score threshold", elem_id="score")
             button = gr.Button("Segment", variant="primary")
             with gr.Accordion("Crop options (for a classifier)", open=False):
                 margin = gr.Slider(
@@ -291,7 +291,8 @@ def segment_tab(examples: list[str]) -> None:
     with gr.Accordion("Weights (owner only)", open=False):
         weights = gr.Textbox(
             label="Weights: a local .safetensors path (its .json config beside it) "
-            "or hf://owner/repo[@revision]/file.safetensors"
+            "or hf://owner/repo[@revision]/file.safetensors",
+            elem_id="weights-spec",
         )
         weights_button = gr.Button("Load weights for everyone")
         weights_status = gr.Markdown(STORE.status(), elem_id="weights-status")
