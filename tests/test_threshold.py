@@ -1,8 +1,9 @@
 """The default score threshold belongs to the model: its config states it, every caller uses it.
 
 A model's ``test_cfg.rcnn.default_score_thr`` (chosen by F1 on its validation split and recorded by
-``nailseg export --score-thr``) is what the library, ``nailseg predict``, the app's slider and
-``bench/user_view.py`` use unless a threshold is given; weights that state none get 0.5.
+``nailseg export --choose-thr`` or ``--score-thr``) is what the library, ``nailseg predict``, the
+app's slider and ``bench/user_view.py`` use unless a threshold is given; weights that state none
+get 0.5.
 """
 
 from __future__ import annotations
