@@ -9,7 +9,6 @@ A token (``$HF_TOKEN``, e.g. a Space secret) is handed to ``huggingface_hub`` an
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -150,18 +149,10 @@ def hub_files(
     if card_file.is_file():
         card: bytes | Path = card_file
     else:
-        card = model_card(repo_id, weights.name, metrics, _stated_score_thr(config)).encode()
+        from nailseg.inference import read_score_thr
+
+        card = model_card(repo_id, weights.name, metrics, read_score_thr(config)).encode()
     return [(weights.name, weights), (config.name, config), (CARD_NAME, card)]
-
-
-def _stated_score_thr(config: Path) -> float | None:
-    """The ``default_score_thr`` a JSON config states (None if none, or not JSON)."""
-    try:
-        rcnn = json.loads(config.read_text())["model"]["test_cfg"]["rcnn"]
-        value = rcnn.get("default_score_thr")
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
-        return None
-    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
 
 
 def push_model(

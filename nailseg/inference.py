@@ -7,6 +7,7 @@ downstream sees ``Nails``. It never draws (see :mod:`nailseg.draw`).
 from __future__ import annotations
 
 import copy
+import json
 import threading
 import time
 from collections.abc import Callable
@@ -175,19 +176,32 @@ def dedup_settings(model_cfg: dict) -> MaskDedup | None:
     return None if settings is None else MaskDedup(**settings)
 
 
-def default_score_thr(model_cfg: dict) -> float:
+def stated_score_thr(model_cfg: dict) -> float | None:
     """The model config's ``test_cfg.rcnn.default_score_thr`` (the threshold users get unless they
-    choose one; mmdet ignores the key), else :data:`FALLBACK_SCORE_THR`.
+    choose one; mmdet ignores the key), None when it states none.
 
     Raises:
         WeightsError: the config states a threshold outside ``(0, 1]``.
     """
     value = ((model_cfg.get("test_cfg") or {}).get("rcnn") or {}).get("default_score_thr")
-    if value is None:
-        return FALLBACK_SCORE_THR
-    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value <= 1:
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value <= 1):
         raise WeightsError(f"config: default_score_thr must be a number in (0, 1], got {str(value)[:40]!r}")
-    return float(value)
+    return None if value is None else float(value)
+
+
+def default_score_thr(model_cfg: dict) -> float:
+    """The threshold the model config states (:func:`stated_score_thr`), else :data:`FALLBACK_SCORE_THR`."""
+    stated = stated_score_thr(model_cfg)
+    return FALLBACK_SCORE_THR if stated is None else stated
+
+
+def read_score_thr(config: str | Path) -> float | None:
+    """The threshold a ``.json`` config file states, read without building the model; None when it
+    states none or cannot be read (loading the model is what reports a broken config)."""
+    try:
+        return stated_score_thr(json.loads(Path(config).read_text())["model"])
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, WeightsError):
+        return None
 
 
 def _inference_pipeline(test_pipeline: list[dict]) -> list[dict]:

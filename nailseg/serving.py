@@ -16,7 +16,6 @@
 from __future__ import annotations
 
 import atexit
-import json
 import math
 import os
 import re
@@ -146,17 +145,13 @@ class ModelStore:
         weights' ``.json`` config; weights on the Hub, or a config that cannot be read, give the
         fallback until the model is loaded (loading then reports any error).
         """
-        from nailseg.inference import FALLBACK_SCORE_THR, default_score_thr
+        from nailseg.inference import FALLBACK_SCORE_THR, read_score_thr
 
         if self._model is not None:
             return self._model.score_thr
         spec = str(self._spec or os.environ.get(ENV_VAR) or BUNDLED_WEIGHTS)
-        try:
-            if spec.startswith("hf://"):
-                return FALLBACK_SCORE_THR
-            return default_score_thr(json.loads(Path(spec).with_suffix(".json").read_text())["model"])
-        except (OSError, ValueError, KeyError, TypeError, AttributeError, WeightsError):
-            return FALLBACK_SCORE_THR
+        stated = None if spec.startswith("hf://") else read_score_thr(Path(spec).with_suffix(".json"))
+        return FALLBACK_SCORE_THR if stated is None else stated
 
     def status(self) -> str:
         """Markdown: the weights in use, or that they are still loading."""

@@ -276,7 +276,7 @@ def export_weights(checkpoint: str | Path, out: str | Path, half: bool = True, s
     from nailseg.files import write_atomic
 
     if score_thr is not None:
-        _set_score_thr({"model": {}}, score_thr)  # refuse a bad value before writing anything
+        _checked_score_thr(score_thr)  # refuse a bad value before writing anything
     ckpt = load_checkpoint(checkpoint)
     state = ckpt.get("state_dict", ckpt)
     out = Path(out)
@@ -309,11 +309,15 @@ def export_weights(checkpoint: str | Path, out: str | Path, half: bool = True, s
     return out
 
 
-def _set_score_thr(data: dict, score_thr: float) -> None:
+def _checked_score_thr(score_thr: float) -> float:
     if isinstance(score_thr, bool) or not isinstance(score_thr, int | float) or not 0 < score_thr <= 1:
         raise WeightsError(f"the default score threshold must be in (0, 1], got {score_thr}")
+    return float(score_thr)
+
+
+def _set_score_thr(data: dict, score_thr: float) -> None:
     test_cfg = data["model"].setdefault("test_cfg", {})
-    test_cfg.setdefault("rcnn", {})["default_score_thr"] = float(score_thr)
+    test_cfg.setdefault("rcnn", {})["default_score_thr"] = _checked_score_thr(score_thr)
 
 
 def record_score_thr(weights: str | Path, score_thr: float) -> Path:
