@@ -40,11 +40,12 @@ with gr.Blocks(title="NailSeg", delete_cache=(120, 600)) as demo:
     if access.oauth_enabled():
         gr.LoginButton()
     with gr.Tab("Segment", id="segment"):
-        segment_tab(EXAMPLES)
+        follow_model = segment_tab(EXAMPLES)
     with gr.Tab("Dataset → COCO", id="dataset"):
         dataset_tab()
     with gr.Tab("Train", id="train"):
-        train_tab(demo)
+        used = train_tab(demo)
+    follow_model(used)  # "use this model": the Segment tab's slider and status line follow at once
 
 if __name__ == "__main__":
     exit_on_sigterm()

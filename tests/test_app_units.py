@@ -269,3 +269,41 @@ def test_write_zip_stores_images_and_deflates_text(tmp_path):
         assert infos["crops/a_1_box.png"].compress_type == zipfile.ZIP_STORED
         assert infos["predictions.json"].compress_type == zipfile.ZIP_DEFLATED
         assert zf.read("crops/a_1_box.png") == png
+
+
+def test_the_segment_tab_follows_weights_loaded_from_either_tab(monkeypatch, tmp_path):
+    """Its own "Load weights" and the Train tab's "use this model" are each followed, on success
+    only, by one update of the threshold slider and the weights status line (no page reload)."""
+    import importlib
+    import sys
+
+    monkeypatch.setenv("NAILSEG_CONVERTED_DIR", str(tmp_path))  # importing the app cleans that folder
+    monkeypatch.delitem(sys.modules, "app", raising=False)
+    config = importlib.import_module("app").demo.get_config_file()
+    ids = {c["props"].get("elem_id"): c["id"] for c in config["components"]}
+    events = config["dependencies"]
+    for api_name in ("switch_weights", "train_use_model"):
+        loader = next(e for e in events if e["api_name"] == api_name)
+        followers = [(e["trigger_only_on_success"], sorted(e["outputs"])) for e in events if e["trigger_after"] == loader["id"]]
+        assert followers == [(True, sorted([ids["score"], ids["weights-status"]]))], api_name
+
+
+def test_model_view_is_the_threshold_and_status_of_the_model_in_use(monkeypatch, tmp_path):
+    import json
+    import shutil
+
+    from nailseg.tabs import segment
+    from nailseg.weights import BUNDLED_WEIGHTS
+
+    other = tmp_path / "other.safetensors"
+    shutil.copyfile(BUNDLED_WEIGHTS, other)
+    config = json.loads(BUNDLED_WEIGHTS.with_suffix(".json").read_text())
+    config["model"]["test_cfg"]["rcnn"]["default_score_thr"] = 0.6
+    other.with_suffix(".json").write_text(json.dumps(config))
+    from nailseg.serving import ModelStore
+
+    monkeypatch.setattr(segment, "STORE", ModelStore())
+    segment.STORE.switch(str(other))
+    score_thr, status = segment.model_view()
+    assert score_thr == 0.6
+    assert "other.safetensors" in status and "default score threshold 0.6" in status

@@ -10,8 +10,10 @@ resolution. What a visitor's session keeps is bounded (see :data:`nailseg.servin
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import gradio as gr
 import numpy as np
@@ -23,6 +25,9 @@ from nailseg.inference import MAX_INFERENCE_SIDE
 from nailseg.result import Nails
 from nailseg.serving import SESSIONS, STORE, Upload, code, number, scratch_dir, weights_name
 from nailseg.weights import WeightsError
+
+if TYPE_CHECKING:
+    from gradio.events import Dependency
 
 TABLE_HEADER = "| nail | score | box (x0, y0, x1, y1) | area (px) |\n|---:|---:|---|---:|"
 WORK_SIDE = MAX_INFERENCE_SIDE  # the model sees at most this; so do the overlay, crops and zip here
@@ -246,8 +251,17 @@ def switch_weights(spec: str, request: gr.Request, profile: gr.OAuthProfile | No
         raise gr.Error(f"Weights not loaded: {err}") from None
 
 
-def segment_tab(examples: list[str]) -> None:
-    """Build the tab's components and events inside the current ``gr.Tab``."""
+def model_view() -> tuple[float, str]:
+    """What the tab shows of the model in use: its default threshold (the slider) and the status line."""
+    return STORE.score_thr(), STORE.status()
+
+
+def segment_tab(examples: list[str]) -> Callable[[Dependency], None]:
+    """Build the tab's components and events inside the current ``gr.Tab``.
+
+    Returns ``follow_model(event)``: after ``event`` (another tab's) has loaded other weights, the
+    slider moves to their threshold and the status line names them, as after this tab's own loading.
+    """
     options_state = gr.State(CROPS)
     session = gr.State(None)  # a key into SESSIONS: what is kept is bounded there, not here
     with gr.Row():
@@ -317,7 +331,10 @@ def segment_tab(examples: list[str]) -> None:
         api_name="segment_batch",
         concurrency_limit=1,
     )
-    weights_button.click(
-        switch_weights, weights, weights_status, api_name="switch_weights", concurrency_limit=1
-    ).success(STORE.score_thr, None, score, api_visibility="private", show_progress="hidden")
     status.change(STORE.status, None, weights_status, api_visibility="private", show_progress="hidden")
+
+    def follow_model(event: Dependency) -> None:
+        event.success(model_view, None, [score, weights_status], api_visibility="private", show_progress="hidden")
+
+    follow_model(weights_button.click(switch_weights, weights, weights_status, api_name="switch_weights", concurrency_limit=1))
+    return follow_model

@@ -18,6 +18,7 @@ import datetime as dt
 import shlex
 import shutil
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import gradio as gr
 import pandas as pd
@@ -28,6 +29,9 @@ from nailseg.files import write_zip
 from nailseg.jobs import JobError, JobStatus, TrainingJobs, TrainRequest
 from nailseg.paths import BUNDLED_WEIGHTS, CONFIG_DIR, DEFAULT_CONFIG, converted_root
 from nailseg.serving import STORE, code, number, scratch_dir
+
+if TYPE_CHECKING:
+    from gradio.events import Dependency
 
 CONFIGS = {
     "Default model: EfficientNet-Lite0 Mask R-CNN (fast on CPU)": DEFAULT_CONFIG,
@@ -340,8 +344,11 @@ def refresh_choices(data: str | None, start_from: str | None, request: gr.Reques
     )
 
 
-def train_tab(demo: gr.Blocks) -> None:
-    """Build the Train tab inside the caller's ``gr.Tab`` of ``demo`` (its lists fill on page load)."""
+def train_tab(demo: gr.Blocks) -> Dependency:
+    """Build the Train tab inside the caller's ``gr.Tab`` of ``demo`` (its lists fill on page load).
+
+    Returns the event that loads the run's weights for everyone, for the Segment tab to follow.
+    """
     device = gr.Markdown(elem_id="train-device")
     if access.is_public():
         gr.Markdown(f"Training changes this server for everyone: it is for the owner. {access.how_to_be_owner()}")
@@ -401,5 +408,6 @@ def train_tab(demo: gr.Blocks) -> None:
     # Reads a few small files: no queue slot needed, and no spinner every two seconds.
     gr.Timer(2.0).tick(poll, None, view, api_name="train_status", concurrency_limit=None, show_progress="hidden")
     download_btn.click(download, None, weights_file, api_name="train_export", concurrency_limit=1)
-    use_btn.click(use_model, None, use_msg, api_name="train_use_model", concurrency_limit=1)
+    used = use_btn.click(use_model, None, use_msg, api_name="train_use_model", concurrency_limit=1)
     push_btn.click(push, [repo_id, token, private], push_msg, api_name="train_push", concurrency_limit=1)
+    return used
