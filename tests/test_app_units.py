@@ -284,7 +284,9 @@ def test_the_segment_tab_follows_weights_loaded_from_either_tab(monkeypatch, tmp
     events = config["dependencies"]
     for api_name in ("switch_weights", "train_use_model"):
         loader = next(e for e in events if e["api_name"] == api_name)
-        followers = [(e["trigger_only_on_success"], sorted(e["outputs"])) for e in events if e["trigger_after"] == loader["id"]]
+        followers = [
+            (e["trigger_only_on_success"], sorted(e["outputs"])) for e in events if e["trigger_after"] == loader["id"]
+        ]
         assert followers == [(True, sorted([ids["score"], ids["weights-status"]]))], api_name
 
 

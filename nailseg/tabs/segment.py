@@ -336,5 +336,7 @@ def segment_tab(examples: list[str]) -> Callable[[Dependency], None]:
     def follow_model(event: Dependency) -> None:
         event.success(model_view, None, [score, weights_status], api_visibility="private", show_progress="hidden")
 
-    follow_model(weights_button.click(switch_weights, weights, weights_status, api_name="switch_weights", concurrency_limit=1))
+    follow_model(
+        weights_button.click(switch_weights, weights, weights_status, api_name="switch_weights", concurrency_limit=1)
+    )
     return follow_model
