@@ -232,7 +232,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--score-thr",
         type=float,
         default=None,
-        help="keep nails scoring at least this (default: the model's own, from its config; 0.85 for the bundled one)",
+        help="keep nails scoring at least this (default: the model's own, from its config; 0.9 for the bundled one)",
     )
     p.add_argument("--weights", default=None, help=weights_help)
     p.add_argument(

@@ -19,7 +19,7 @@ from nailseg.images import load_image_rgb
 from nailseg.result import Nails
 
 MAX_DETECTIONS = 100  # per photo, as COCO's evaluator counts them
-SWEEP = tuple(round(0.3 + 0.05 * k, 2) for k in range(13))  # the thresholds tried: 0.30 ... 0.90
+SWEEP = tuple(round(0.3 + 0.05 * k, 2) for k in range(14))  # the thresholds tried: 0.30 ... 0.95
 
 
 @dataclasses.dataclass

@@ -24,7 +24,7 @@ from nailseg.result import Nails
 from nailseg.weights import ResolvedWeights, WeightsError, load_model_config, load_state_dict, resolve_weights
 
 # A model's default score threshold is its own: ``test_cfg.rcnn.default_score_thr`` in its config,
-# chosen by F1 on its validation split (the bundled model's: 0.85, checkpoints/README.md) and
+# chosen by F1 on its validation split (the bundled model's: 0.9, checkpoints/README.md) and
 # recorded by ``nailseg export --score-thr``. Weights whose config states none get this.
 FALLBACK_SCORE_THR = 0.5
 # The model sees photos at ~432 px; a 50 MP photo is shrunk to this long side before inference

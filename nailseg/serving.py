@@ -173,7 +173,7 @@ def _load_with_fallback(spec: str | None):
 
 
 def describe(model, notice: str = "") -> str:
-    """``weights: <source> (loaded in 1.2 s on cpu; default score threshold 0.85)`` plus the notice, as Markdown."""
+    """``weights: <source> (loaded in 1.2 s on cpu; default score threshold 0.9)`` plus the notice, as Markdown."""
     name = code(weights_name(model.weights.source))
     text = (
         f"weights: {name} (loaded in {model.load_seconds:.1f} s on {model.device}; "
