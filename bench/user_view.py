@@ -40,7 +40,7 @@ import numpy as np
 
 from nailseg.convert import DEFAULT_MIN_AREA, binarize_mask, mask_to_instances
 from nailseg.datasets import discover, load_coco, load_mask
-from nailseg.dedup import MaskDedup
+from nailseg.dedup import MaskDedup, shown_nails
 from nailseg.evaluate import (
     SWEEP,
     Tally,
@@ -49,7 +49,6 @@ from nailseg.evaluate import (
     coco_nails,
     coco_results,
     nail_category_id,
-    shown_nails,
 )
 from nailseg.images import load_image_rgb
 from nailseg.inference import load_model

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from nailseg.result import Nails
+
 
 @dataclass(frozen=True)
 class MaskDedup:
@@ -40,6 +42,14 @@ class MaskDedup:
     def keep(self, boxes_xyxy: np.ndarray, masks: np.ndarray, scores: np.ndarray) -> np.ndarray:
         """:func:`suppress_duplicates` with these settings."""
         return suppress_duplicates(boxes_xyxy, masks, scores, self.iou_thr, self.cover_thr, self.span_score_ratio)
+
+
+def shown_nails(detections: Nails, score_thr: float, dedup: MaskDedup | None) -> Nails:
+    """What a user is shown of a model's ``detections``: the threshold first, then the duplicate
+    suppression (none when ``dedup`` is None). ``NailSegmenter.predict_all`` and every evaluation
+    apply it, so they see the same nails."""
+    shown = detections.filter(score_thr)
+    return shown[dedup.keep(shown.boxes_xyxy, shown.masks, shown.scores)] if dedup else shown
 
 
 def mask_overlaps(boxes_xyxy: np.ndarray, masks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

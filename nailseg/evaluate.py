@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from nailseg.dedup import MaskDedup, duplicate_matrix, mask_overlaps
+from nailseg.dedup import duplicate_matrix, mask_overlaps, shown_nails
 from nailseg.images import load_image_rgb
 from nailseg.result import Nails
 
@@ -71,13 +71,6 @@ class Tally:
             "exact_count": round(self.exact_share, 4),
             "duplicate_pairs": self.pairs,
         }
-
-
-def shown_nails(raw: Nails, score_thr: float, dedup: MaskDedup | None) -> Nails:
-    """What ``predict(photo, score_thr)`` shows, from the model's every detection ``raw``:
-    the threshold first, then the duplicate suppression (as ``NailSegmenter.predict_all``)."""
-    shown = raw.filter(score_thr)
-    return shown[dedup.keep(shown.boxes_xyxy, shown.masks, shown.scores)] if dedup else shown
 
 
 def choose_threshold(tallies: dict[float, Tally]) -> float:

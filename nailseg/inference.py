@@ -18,7 +18,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from nailseg.dedup import MaskDedup
+from nailseg.dedup import MaskDedup, shown_nails
 from nailseg.images import fit_within
 from nailseg.result import Nails
 from nailseg.weights import ResolvedWeights, WeightsError, load_model_config, load_state_dict, resolve_weights
@@ -68,10 +68,7 @@ class NailSegmenter:
         :attr:`dedup` unless ``dedup`` is False.
         """
         detections, to_photo = self.detect(image_rgb)
-        shown = detections.filter(min_score)
-        if dedup and self.dedup is not None:
-            shown = shown[self.dedup.keep(shown.boxes_xyxy, shown.masks, shown.scores)]
-        return to_photo(shown)
+        return to_photo(shown_nails(detections, min_score, self.dedup if dedup else None))
 
     def detect(self, image_rgb: np.ndarray) -> tuple[Nails, Callable[[Nails], Nails]]:
         """The model's every detection, at the size it saw the photo (at most
@@ -81,7 +78,7 @@ class NailSegmenter:
         Thresholds and duplicate suppression work on the model's masks, before a large photo's masks
         are scaled back to its full size (50 MB each): :meth:`predict_all` is
         ``to_photo(dedup(detections.filter(min_score)))``, and an evaluation can try many
-        thresholds on one model pass the same way (:func:`nailseg.evaluate.shown_nails`).
+        thresholds on one model pass the same way (:func:`nailseg.dedup.shown_nails`).
         """
         import torch
 

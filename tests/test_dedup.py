@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from mmengine.config import Config
 
-from nailseg.dedup import MaskDedup, mask_overlaps, suppress_duplicates
-from nailseg.evaluate import duplicate_pairs, shown_nails
+from nailseg.dedup import MaskDedup, mask_overlaps, shown_nails, suppress_duplicates
+from nailseg.evaluate import duplicate_pairs
 from nailseg.images import load_image_rgb
 from nailseg.inference import dedup_settings
 
