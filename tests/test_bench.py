@@ -42,3 +42,28 @@ def test_user_view_semantic_tally_locates_the_wrong_pixels():
     far[25:35, 25:35] = True  # a wrong nail elsewhere: not an edge error
     tally.add(Nails(np.array([[25, 25, 35, 35]], np.float32), far[None], np.ones(1, np.float32)), truth, 1)
     assert tally.edge_fixed_iou_sum == 1.0  # the second photo adds 0: fixing its edges does not help
+
+
+def test_small_nails_counts_what_evaluate_counts(tmp_path):
+    """bench/small_nails.py's recall is `nailseg evaluate`'s, nail by nail, and its anchor fit is the
+    model's: a 14 px nail fits no anchor at IoU 0.3, a 32 px square on the stride-4 grid fits one exactly."""
+    import numpy as np
+    from support import DATA
+
+    from nailseg.datasets import convert_dataset, load_coco, save_report
+    from nailseg.evaluate import evaluate_dataset
+
+    small_nails = load_bench("small_nails")
+    save_report(convert_dataset(DATA, valid_fraction=0), tmp_path)
+    gt = load_coco(tmp_path / "train.json")
+    segmenter = load_model(None, device="cpu")
+    table = small_nails.nails_by_anchor_fit(segmenter, gt, DATA, segmenter.score_thr)
+    tally = evaluate_dataset(segmenter, gt, DATA, thresholds=[segmenter.score_thr]).tallies[segmenter.score_thr]
+    assert len(table) == tally.there == 20
+    assert int(table[:, 1].sum()) == tally.matched
+    assert ((table[:, 0] > 0) & (table[:, 0] <= 1)).all()
+
+    priors = segmenter.model.rpn_head.prior_generator
+    boxes = np.array([[200, 200, 214, 214], [0, 0, 32, 32]], np.float32)
+    ious = small_nails.best_anchor_iou(priors, boxes, 432, 432)
+    assert ious[0] < 0.3 and abs(ious[1] - 1.0) < 1e-6
