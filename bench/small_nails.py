@@ -1,4 +1,4 @@
-"""Which nails the model misses: recall by how well the model's smallest fitting anchor fits a nail.
+"""Which nails the model misses: recall by how well a nail fits the model's best-fitting anchor.
 
 A region proposal network learns to propose a nail only from anchors matched to it in training:
 mmdet's ``MaxIoUAssigner`` gives a nail its best anchor(s) only if their box IoU reaches
@@ -7,7 +7,9 @@ anchor (32 px at stride 4) with IoU ~0.2: below mmdet's default 0.3, such nails 
 positive anchor. This prints, for a COCO ground truth at a score threshold, the nails in buckets
 of their best anchor IoU (the model's own anchor generator, at the size the model sees the photo),
 each bucket's recall (one-to-one match at mask IoU >= 0.5, after the threshold and duplicate
-suppression, as ``nailseg evaluate`` counts it) and its median nail area.
+suppression, as ``nailseg evaluate`` counts it) and its median nail area; then what became of the
+missed nails: a detection with a matching box (IoU >= 0.5) that scores under the threshold, a shown
+one whose box matches but whose mask does not, or no detection near (box IoU < 0.3 at any score).
 
 Usage::
 
@@ -32,6 +34,7 @@ from nailseg.images import load_image_rgb
 from nailseg.inference import load_model
 
 BUCKETS = (0.0, 0.2, 0.3, 0.4, 0.5, 1.01)
+COLUMNS = ("anchor_iou", "matched", "area", "box_iou_any", "box_iou_shown")
 
 
 def best_anchor_iou(prior_generator, boxes_xyxy: np.ndarray, height: int, width: int) -> np.ndarray:
@@ -47,8 +50,13 @@ def best_anchor_iou(prior_generator, boxes_xyxy: np.ndarray, height: int, width:
 
 
 def nails_by_anchor_fit(segmenter, gt: dict, img_dir: Path, thr: float) -> np.ndarray:
-    """One row per labelled nail of ``gt``: (best anchor IoU, matched at ``thr``, area in photo pixels)."""
+    """One row per labelled nail of ``gt``: best anchor IoU, matched at ``thr``, area in photo
+    pixels, best box IoU with any detection, and with any shown at ``thr`` (:data:`COLUMNS`)."""
+    from mmcv import rescale_size
+    from mmdet.structures.bbox import bbox_overlaps
+
     priors = segmenter.model.rpn_head.prior_generator
+    resize = next(t for t in segmenter.pipeline.transforms if type(t).__name__ == "Resize")
     rows = []
     for image in gt["images"]:
         photo = load_image_rgb(Path(img_dir) / image["file_name"])
@@ -56,14 +64,22 @@ def nails_by_anchor_fit(segmenter, gt: dict, img_dir: Path, thr: float) -> np.nd
         truth = coco_nails(gt, image)
         if not len(truth):
             continue
-        seen_h, seen_w = detections.masks.shape[1:] if len(detections) else photo.shape[:2]
-        scale = seen_w / photo.shape[1]  # detect() sees the photo shrunk by this much
+        seen_h, seen_w = detections.masks.shape[1:]  # detect() may shrink a large photo first
+        (input_w, input_h), factor = rescale_size((seen_w, seen_h), resize.scale, return_scale=True)
+        ious = best_anchor_iou(priors, truth.boxes_xyxy * (seen_w / photo.shape[1] * factor), input_h, input_w)
+        candidates = to_photo(shown_nails(detections, 0.0, segmenter.dedup))
         shown = to_photo(shown_nails(detections, thr, segmenter.dedup))
         matched = {int(j) for _, j in match_masks(shown.masks, truth.masks)}
-        ious = best_anchor_iou(priors, truth.boxes_xyxy * scale, seen_h, seen_w)
+        boxes = torch.as_tensor(truth.boxes_xyxy, dtype=torch.float32)
+        best_any, best_shown = (
+            bbox_overlaps(torch.as_tensor(n.boxes_xyxy), boxes).max(dim=0).values.numpy()
+            if len(n)
+            else np.zeros(len(truth))
+            for n in (candidates, shown)
+        )
         areas = truth.masks.reshape(len(truth), -1).sum(axis=1)
-        rows += [(ious[j], j in matched, areas[j]) for j in range(len(truth))]
-    return np.array(rows, dtype=float).reshape(-1, 3)
+        rows += [(ious[j], j in matched, areas[j], best_any[j], best_shown[j]) for j in range(len(truth))]
+    return np.array(rows, dtype=float).reshape(-1, len(COLUMNS))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -95,6 +111,13 @@ def main(argv: list[str] | None = None) -> int:
                 f"{np.median(table[sel, 2]):15.0f}"
             )
     print(f"{'all':>16s} {len(table):6d} {table[:, 1].mean():7.3f} {np.median(table[:, 2]):15.0f}")
+    missed = table[table[:, 1] == 0]
+    loose = missed[:, 4] >= 0.5
+    print(
+        f"\nmissed {len(missed)}: a detection with a matching box scored under {thr}: "
+        f"{int(((missed[:, 3] >= 0.5) & ~loose).sum())}; a shown one with a matching box and a loose mask: "
+        f"{int(loose.sum())}; no detection near (box IoU < 0.3 at any score): {int((missed[:, 3] < 0.3).sum())}"
+    )
     print(f"\n{time.perf_counter() - start:.0f} s in all")
     return 0
 

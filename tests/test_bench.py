@@ -47,7 +47,10 @@ def test_user_view_semantic_tally_locates_the_wrong_pixels():
 def test_small_nails_counts_what_evaluate_counts(tmp_path):
     """bench/small_nails.py's recall is `nailseg evaluate`'s, nail by nail, and its anchor fit is the
     model's: a 14 px nail fits no anchor at IoU 0.3, a 32 px square on the stride-4 grid fits one exactly."""
+    import shutil
+
     import numpy as np
+    from PIL import Image
     from support import DATA
 
     from nailseg.datasets import convert_dataset, load_coco, save_report
@@ -62,6 +65,16 @@ def test_small_nails_counts_what_evaluate_counts(tmp_path):
     assert len(table) == tally.there == 20
     assert int(table[:, 1].sum()) == tally.matched
     assert ((table[:, 0] > 0) & (table[:, 0] <= 1)).all()
+
+    # A photo half the size is seen at the same 432 px, so its nails fit the anchors as well.
+    half = tmp_path / "half"
+    shutil.copytree(DATA / "labels", half / "labels")  # YOLO-seg labels are in fractions of the photo
+    (half / "images").mkdir()
+    for photo in (DATA / "images").iterdir():
+        Image.open(photo).reduce(2).save(half / "images" / photo.name, quality=95)
+    save_report(convert_dataset(half, valid_fraction=0, min_area=1), half / "coco")  # keep the tiniest nail
+    halved = small_nails.nails_by_anchor_fit(segmenter, load_coco(half / "coco" / "train.json"), half, 0.9)
+    assert len(halved) == 20 and np.abs(halved[:, 0] - table[:, 0]).max() < 0.1
 
     priors = segmenter.model.rpn_head.prior_generator
     boxes = np.array([[200, 200, 214, 214], [0, 0, 32, 32]], np.float32)
