@@ -1,19 +1,21 @@
-"""The GPU half, measured: training speed of the default and the seed's R50 config, evaluation, latency.
+"""The GPU half, measured: training speed of the default (or several) and the seed's R50 config, evaluation, latency.
 
-Run by ``scripts/gpu_check.sh`` (its second phase) on a GPU machine, and by
+Run by ``scripts/gpu_check.sh`` (its second phase, in the background) on a GPU machine, and by
 ``scripts/gpu_check.sh dry-run`` here on the CPU with tiny numbers:
 
-    python bench/gpu.py --data D --state S --out O [--epochs 8] [--r50-epochs 1] [--batch-size 16]
+    python bench/gpu.py --data D --state S --out O [--epochs 8 | --minutes M] [--configs A.py B.py]
+                        [--r50-epochs 1] [--batch-size 16] [--lr LR]
 
-Steps, each leaving a marker in ``S`` so that a call cut off by a time limit goes on where it stopped,
-in the order of what matters most when the device time runs out (the first lent run, 2026-11-27,
-ran out during ``evaluate``, which is why the weights now come back as soon as they exist):
+Steps, each leaving a marker in ``S`` so that a run stopped halfway goes on where it stopped, in the
+order of what matters most when the device time runs out (the first lent run, 2026-11-27, ran out
+during ``evaluate``, which is why the weights come back as soon as they exist):
 
 1. ``env``: the device, torch, CUDA, mmcv and whether mmcv's ops run on the GPU (RoIAlign, NMS).
-2. ``train-default``: the default config from the bundled weights, ``--epochs`` over ``D`` at
-   ``--batch-size`` (lr scaled by ``--auto-scale-lr``), the backbone's ImageNet download skipped.
-3. ``export``: the default run's last checkpoint -> ``O/<name>.safetensors`` and its ``.json``,
-   copied to ``O`` at once (and again by every later call: the device tool empties ``O`` per call).
+2. ``train``: each of ``--configs`` (default: the default config) from the bundled weights, all at
+   once, side by side on the one GPU (a run of this small model leaves most of an H200 idle), for
+   ``--epochs`` over ``D`` with the lr scaled by the batch (``--auto-scale-lr``), or for ``--minutes``
+   each at ``--lr`` (``nailseg train --minutes``); the backbone's ImageNet download skipped.
+3. ``export``: each run's last checkpoint -> ``O/<config name>-gpu.safetensors`` and its ``.json``.
 4. ``train-r50``: the seed's R50-caffe config for ``--r50-epochs``, from scratch heads (offline).
 5. ``predict``: ``nailseg predict`` per photo on the GPU and, on the same machine, on its CPU.
 6. ``evaluate``: COCO AP on ``D/valid.json`` of the bundled weights and of the exported ones (the
@@ -21,7 +23,8 @@ ran out during ``evaluate``, which is why the weights now come back as soon as t
 
 Images/s = batch size / median iteration time (mmengine's ``time`` in ``scalars.json``, the first
 10 % of iterations left out); peak GPU memory is mmengine's ``memory`` (MB, max over iterations).
-Writes ``O/gpu.md`` (the figures), ``O/gpu.json`` (with the loss curves) and ``O/gpu-commands.log``.
+Writes ``O/gpu.md`` (the figures), ``O/gpu.json`` (with the loss curves) and ``O/gpu-commands.log``;
+each run's own output goes to ``S/work/<config name>.log``.
 """
 
 from __future__ import annotations
@@ -44,7 +47,11 @@ REPO = Path(__file__).resolve().parent.parent
 DEFAULT_CONFIG = REPO / "configs" / "mask-rcnn_effilite0_fpn-128_nails.py"
 R50_CONFIG = REPO / "configs" / "mask-rcnn_r50-caffe_fpn_ms_nails.py"
 BUNDLED = REPO / "checkpoints" / "mask-rcnn_effilite0_fpn-128_nails.safetensors"
-EXPORT_NAME = "mask-rcnn_effilite0_fpn-128_nails-gpu"
+
+
+def export_name(config: Path) -> str:
+    """The name a config's GPU-trained weights come back under."""
+    return f"{config.stem}-gpu"
 
 
 def nailseg(*args: str, env: dict | None = None, log: Path | None = None) -> str:
@@ -108,45 +115,56 @@ def speed(records: list[dict], batch_size: int) -> dict:
     return out
 
 
-def train(config: Path, work_dir: Path, args, extra: list[str], log: Path) -> dict:
-    # wall_s counts from the first start: a run cut off by a call's time limit goes on in the next call.
-    started, calls_file = (work_dir.parent / f"{work_dir.name}.{what}" for what in ("started", "calls"))
-    if not started.is_file():
-        started.parent.mkdir(parents=True, exist_ok=True)
-        started.write_text(str(time.time()))
-    calls = int(calls_file.read_text()) + 1 if calls_file.is_file() else 1
-    calls_file.write_text(str(calls))
-    nailseg(
-        "train",
-        str(config),
-        "--data",
-        str(args.data),
-        "--work-dir",
-        str(work_dir),
-        "--batch-size",
-        str(args.batch_size),
-        "--resume",  # goes on from a call cut off by a time limit; a fresh run starts from --load-from
-        *extra,
-        log=log,
-    )
-    result = speed(scalars(work_dir), args.batch_size)
-    result["wall_s"] = round(time.time() - float(started.read_text()))
-    result["calls"] = calls
-    return result
+def train(configs: list[Path], state: Path, args, extra: list[str], log: Path) -> dict:
+    """``nailseg train`` of each config at once (one process each); their speeds by config name."""
+    work = state / "work"
+    work.mkdir(parents=True, exist_ok=True)
+    env = dict(os.environ)
+    if len(configs) > 1:  # side by side: each main process gets a share of the cores
+        env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // (2 * len(configs))))
+    runs = {}
+    for config in configs:
+        work_dir = work / config.stem
+        # wall_s counts from the first start: a run stopped halfway goes on in the next call.
+        started = work / f"{config.stem}.started"
+        if not started.is_file():
+            started.write_text(str(time.time()))
+        cmd = [sys.executable, "-m", "nailseg", "train", str(config), "--data", str(args.data)]
+        cmd += ["--work-dir", str(work_dir), "--batch-size", str(args.batch_size), "--resume", *extra]
+        with log.open("a") as f:
+            f.write(f"$ {' '.join(cmd)}\n")
+        print("$", " ".join(cmd), flush=True)
+        output = (work / f"{config.stem}.log").open("a")
+        runs[config] = (subprocess.Popen(cmd, cwd=REPO, env=env, stdout=output, stderr=subprocess.STDOUT), output)
+    results, failed = {}, []
+    for config, (process, output) in runs.items():
+        process.wait()
+        output.close()
+        if process.returncode:
+            tail = (work / f"{config.stem}.log").read_text()[-3000:]
+            failed.append(f"nailseg train {config.name} failed (exit {process.returncode}):\n{tail}")
+            continue
+        result = speed(scalars(work / config.stem), args.batch_size)
+        result["wall_s"] = round(time.time() - float((work / f"{config.stem}.started").read_text()))
+        results[config.stem] = result
+    if failed:
+        raise RuntimeError("\n".join(failed))
+    return results
 
 
 def report(results: dict, out: Path) -> None:
     (out / "gpu.json").write_text(json.dumps(results, indent=1))
     lines = ["# GPU check", "", f"```\n{json.dumps(results.get('env', {}), indent=1)}\n```", ""]
-    for name in ("train-default", "train-r50"):
-        r = results.get(name)
-        if r:
-            memory = f", peak GPU memory {r['peak_gpu_memory_mb']} MB" if "peak_gpu_memory_mb" in r else ""
-            lines.append(
-                f"- {name}: {r['images_per_s']} images/s, {r['s_per_iter']} s/iteration{memory}, "
-                f"whole run {r['wall_s']} s in {r.get('calls', 1)} call(s); "
-                f"loss {r['loss_curve'][0][1]} -> {r['loss_curve'][-1][1]}"
-            )
+    runs = dict(results.get("train", {}))
+    if "train-r50" in results:
+        runs["train-r50"] = results["train-r50"]
+    for name, r in runs.items():
+        memory = f", peak GPU memory {r['peak_gpu_memory_mb']} MB" if "peak_gpu_memory_mb" in r else ""
+        lines.append(
+            f"- {name}: {r['images_per_s']} images/s, {r['s_per_iter']} s/iteration{memory}, "
+            f"{len(r['loss_curve'])} logged, whole run {r['wall_s']} s; "
+            f"loss {r['loss_curve'][0][1]} -> {r['loss_curve'][-1][1]}"
+        )
     for key in ("evaluate", "predict", "build"):
         if key in results:
             lines.append(f"- {key}: {json.dumps(results[key])}")
@@ -158,10 +176,13 @@ def main() -> None:
     parser.add_argument("--data", type=Path, required=True, help="a `nailseg convert` output (train/valid.json)")
     parser.add_argument("--state", type=Path, required=True, help="work dirs and step markers")
     parser.add_argument("--out", type=Path, required=True, help="what comes back")
-    parser.add_argument("--epochs", type=int, default=8, help="default config: passes over the photos")
+    parser.add_argument("--epochs", type=int, default=8, help="passes over the photos (lr scaled by the batch)")
+    parser.add_argument("--minutes", type=float, default=None, help="instead of --epochs: train each config this long")
+    parser.add_argument("--lr", type=float, default=None, help="with --minutes: the peak lr (default: the config's)")
+    parser.add_argument("--configs", type=Path, nargs="+", default=[DEFAULT_CONFIG], help="trained side by side")
     parser.add_argument("--r50-epochs", type=int, default=1)
     parser.add_argument("--batch-size", type=int, default=16, help="photos per iteration")
-    parser.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1), help="data loader processes")
+    parser.add_argument("--workers", type=int, default=8, help="data loader processes per training run")
     parser.add_argument("--photos", type=int, default=20, help="photos for the predict timing")
     parser.add_argument(
         "--skip",
@@ -172,28 +193,40 @@ def main() -> None:
     )
     args = parser.parse_args()
     args.data, args.state = args.data.resolve(), args.state.resolve()
+    args.configs = [c.resolve() for c in args.configs]
     args.out.mkdir(parents=True, exist_ok=True)
     args.state.mkdir(parents=True, exist_ok=True)
     results_file = args.state / "results.json"
     results = json.loads(results_file.read_text()) if results_file.is_file() else {}
     log = args.out / "gpu-commands.log"
-    loaders = [f"train_dataloader.num_workers={args.workers}", f"val_dataloader.num_workers={args.workers}"]
-    default_dir, r50_dir = args.state / "work" / "default", args.state / "work" / "r50"
-    weights = args.out / f"{EXPORT_NAME}.safetensors"
+    # Runs side by side share the cores: one each for the main process, the rest for their loaders.
+    workers = max(1, min(args.workers, ((os.cpu_count() or 1) - len(args.configs)) // len(args.configs)))
+    loaders = [f"train_dataloader.num_workers={workers}", f"val_dataloader.num_workers={workers}"]
+    if args.minutes:
+        schedule = ["--minutes", str(args.minutes), *(["--lr", str(args.lr)] if args.lr else [])]
+    else:
+        schedule = ["--epochs", str(args.epochs), "--auto-scale-lr"]
+    exported = {config.stem: args.state / f"{export_name(config)}.safetensors" for config in args.configs}
     valid = json.loads((args.data / "valid.json").read_text())
     photos_root = Path(valid["info"]["dataset_root"])
     photos = [str(photos_root / im["file_name"]) for im in valid["images"][: args.photos]]
 
+    def export() -> dict:
+        return {
+            name: nailseg("export", str(newest_checkpoint(args.state / "work" / name)), "--out", str(weights), log=log)
+            .strip()
+            .splitlines()[-1]
+            for name, weights in exported.items()
+        }
+
     steps = {
         "env": env_step,
-        "train-default": lambda: train(
-            DEFAULT_CONFIG,
-            default_dir,
+        "train": lambda: train(
+            args.configs,
+            args.state,
             args,
             [
-                "--epochs",
-                str(args.epochs),
-                "--auto-scale-lr",
+                *schedule,
                 "--load-from",
                 str(BUNDLED),
                 "--cfg-options",
@@ -202,20 +235,10 @@ def main() -> None:
             ],
             log,
         ),
-        "export": lambda: {
-            "weights": nailseg(
-                "export",
-                str(newest_checkpoint(default_dir)),
-                "--out",
-                str(args.state / weights.name),
-                log=log,
-            )
-            .strip()
-            .splitlines()[-1]
-        },
+        "export": export,
         "train-r50": lambda: train(
-            R50_CONFIG,
-            r50_dir,
+            [R50_CONFIG],
+            args.state,
             args,
             [
                 "--epochs",
@@ -224,10 +247,11 @@ def main() -> None:
                 "--cfg-options",
                 "load_from=None",
                 "model.backbone.init_cfg=None",
-                *loaders,
+                f"train_dataloader.num_workers={args.workers}",
+                f"val_dataloader.num_workers={args.workers}",
             ],
             log,
-        ),
+        )[R50_CONFIG.stem],
         "predict": lambda: {
             f"{where}_ms_per_photo": round(
                 1000 * predict_per_photo(str(BUNDLED), photos, args.state / "predict" / where, env)
@@ -247,7 +271,7 @@ def main() -> None:
                     log=log,
                 ).splitlines()[-1]
             )
-            for name, w in (("bundled", BUNDLED), ("gpu-trained", args.state / weights.name))
+            for name, w in (("bundled", BUNDLED), *exported.items())
         },
     }
     build = args.state / "build.seconds"
@@ -255,9 +279,10 @@ def main() -> None:
         results["build"] = {"mmcv_build_s": int(float(build.read_text()))}
 
     def bring_back() -> None:  # the exported weights go to OUT as soon as they exist: a call cut off still returns them
-        for src in (args.state / weights.name, (args.state / weights.name).with_suffix(".json")):
-            if src.is_file():
-                shutil.copy2(src, args.out / src.name)
+        for weights in exported.values():
+            for src in (weights, weights.with_suffix(".json")):
+                if src.is_file():
+                    shutil.copy2(src, args.out / src.name)
 
     bring_back()
     for name, step in steps.items():

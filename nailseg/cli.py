@@ -69,6 +69,7 @@ def _train(args: argparse.Namespace) -> int:
         load_from=args.load_from,
         launcher=args.launcher,
         world_size=args.nproc if start_workers else distributed.world_size(args.launcher),
+        minutes=args.minutes,
     )
     if start_workers:  # the config was checked once, here, before any worker starts
         return distributed.launch(args.argv, args.nproc)
@@ -179,6 +180,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, default=None, help="passes over the training photos")
     p.add_argument("--batch-size", type=int, default=None, help="photos per iteration and process (per GPU)")
     p.add_argument("--lr", type=float, default=None, help="learning rate")
+    p.add_argument(
+        "--minutes",
+        type=float,
+        default=None,
+        help="train for this wall-clock time: warm-up and cosine lr over it, then a checkpoint (replaces the "
+        "config's schedule; with --epochs, whichever ends first)",
+    )
     p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --work-dir")
     p.add_argument(
         "--nproc",

@@ -49,6 +49,7 @@ def build_config(
     load_from: str | Path | None = None,
     launcher: str | None = None,
     world_size: int = 1,
+    minutes: float | None = None,
 ):
     """Load a config and point it at the output of ``nailseg convert``.
 
@@ -67,13 +68,16 @@ def build_config(
         launcher: ``pytorch`` (workers started by torchrun) or ``slurm`` (by ``srun``) for a
             distributed run, see :func:`nailseg.distributed.configure`; None for one process.
         world_size: processes in the whole run (GPUs, or CPU processes).
+        minutes: train for this wall-clock time (:class:`nailseg.schedule.TimeBudgetHook`) instead of
+            the config's lr schedule; iteration-based configs only. The iterations are unbounded
+            unless ``epochs`` bounds them too.
 
     Returns:
         An ``mmengine.Config`` ready for ``Runner.from_cfg``.
     """
     from mmengine.config import Config
 
-    for name, value in (("epochs", epochs), ("batch size", batch_size), ("learning rate", lr)):
+    for name, value in (("epochs", epochs), ("batch size", batch_size), ("learning rate", lr), ("minutes", minutes)):
         if value is not None and not value > 0:  # 0 would otherwise mean "the config's own"
             raise ValueError(f"{name} must be positive, got {value}")
     config, data = Path(config), Path(data).resolve()
@@ -120,6 +124,13 @@ def build_config(
         else:
             _rescale_schedule(cfg, epochs / cfg.train_cfg.max_epochs, by_epoch=True)
             cfg.train_cfg.max_epochs = epochs
+    if minutes:
+        if not iter_based:
+            raise ValueError(f"--minutes needs an iteration-based config (IterBasedTrainLoop); {config} is not")
+        cfg.param_scheduler = None
+        cfg.custom_hooks = [*cfg.get("custom_hooks", []), dict(type="TimeBudgetHook", minutes=minutes)]
+        if not epochs:
+            cfg.train_cfg.max_iters = 10**9  # the clock ends it
     if cfg_options:
         cfg.merge_from_dict(cfg_options)
     if load_from:
@@ -185,6 +196,7 @@ def train(cfg, resume: bool = False) -> Path:
     from mmengine.runner import Runner
 
     import nailseg.model  # noqa: F401 - registers the backbone and mask head
+    import nailseg.schedule  # noqa: F401 - registers TimeBudgetHook (--minutes)
     from nailseg.weights import allow_mmengine_checkpoints
 
     # mmengine resumes from the checkpoint its ``last_checkpoint`` file names; with none saved yet

@@ -21,8 +21,9 @@ def test_mmcv_is_built_with_the_docker_cuda_flags():
     # One source of the flags: the file the Dockerfile's CUDA stage hands to scripts/setup.sh.
     assert "source scripts/mmcv-cuda.env" in text
     assert "NAILSEG_MMCV_ENV=scripts/mmcv-cuda.env" in (REPO / "Dockerfile").read_text()
-    for flag in ("FORCE_CUDA", "MMCV_WITH_OPS"):
-        assert f"{flag}=" not in text.replace("source scripts/mmcv-cuda.env", ""), f"{flag} set outside the env file"
+    assert "FORCE_CUDA=" not in text, "FORCE_CUDA set outside the env file"
+    # MMCV_WITH_OPS only for mmcv-lite (the torchvision path), never for the CUDA build.
+    assert text.count("MMCV_WITH_OPS=") == text.count("MMCV_WITH_OPS=0") == 1
     assert subprocess.run(["bash", "-n", str(SCRIPT)]).returncode == 0
 
 
@@ -51,10 +52,10 @@ def test_dry_run_measures_every_step(tmp_path):
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     results = json.loads((tmp_path / "out" / "gpu.json").read_text())
     # What matters most first: the device time may run out before the end (it did on 2026-11-27).
-    assert list(results) == ["env", "train-default", "export", "train-r50", "predict", "evaluate"]
-    for run in ("train-default", "train-r50"):
-        assert results[run]["images_per_s"] > 0 and results[run]["loss_curve"]
-    assert results["evaluate"]["gpu-trained"]["segm"]["AP"] >= 0
+    assert list(results) == ["env", "train", "export", "train-r50", "predict", "evaluate"]
+    for run in (results["train"]["mask-rcnn_effilite0_fpn-128_nails"], results["train-r50"]):
+        assert run["images_per_s"] > 0 and run["loss_curve"]
+    assert results["evaluate"]["mask-rcnn_effilite0_fpn-128_nails"]["segm"]["AP"] >= 0
     assert results["predict"]["device_ms_per_photo"] > 0
     back = sorted(p.name for p in (tmp_path / "out").iterdir())
     assert "mask-rcnn_effilite0_fpn-128_nails-gpu.safetensors" in back and "gpu.md" in back
@@ -67,8 +68,8 @@ def test_dry_run_measures_every_step(tmp_path):
     assert "mask-rcnn_effilite0_fpn-128_nails-gpu.safetensors" in os.listdir(tmp_path / "again")  # a fresh OUT
     # A call that fails (or is cut off) after the export still brings the trained weights back.
     marks = tmp_path / "state" / "results.json"
-    marks.write_text(json.dumps({k: v for k, v in results.items() if k in ("env", "train-default", "export")}))
-    shutil.rmtree(tmp_path / "state" / "work" / "r50")
+    marks.write_text(json.dumps({k: v for k, v in results.items() if k in ("env", "train", "export")}))
+    shutil.rmtree(tmp_path / "state" / "work" / "mask-rcnn_r50-caffe_fpn_ms_nails")
     failed = measure_again(tmp_path, "failed", "--r50-epochs", "0")
     assert failed.returncode != 0 and "epochs must be positive" in failed.stderr, failed.stderr[-2000:]
     assert "mask-rcnn_effilite0_fpn-128_nails-gpu.safetensors" in os.listdir(tmp_path / "failed")
@@ -76,5 +77,5 @@ def test_dry_run_measures_every_step(tmp_path):
     skipped = measure_again(tmp_path, "skipped", "--skip", "train-r50", "predict", "evaluate")
     assert skipped.returncode == 0, skipped.stderr[-2000:]
     assert skipped.stdout.count("skipped (--skip)") == 3
-    assert list(json.loads((tmp_path / "skipped" / "gpu.json").read_text())) == ["env", "train-default", "export"]
+    assert list(json.loads((tmp_path / "skipped" / "gpu.json").read_text())) == ["env", "train", "export"]
     assert "mask-rcnn_effilite0_fpn-128_nails-gpu.safetensors" in os.listdir(tmp_path / "skipped")

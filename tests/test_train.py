@@ -230,3 +230,52 @@ def test_boxes_from_masks_are_tight_after_a_rotation():
     ys, xs = np.nonzero(rotated["gt_masks"].masks[0])
     assert np.allclose(tight, [xs.min(), ys.min(), xs.max() + 1, ys.max() + 1])
     assert (tight[2] - tight[0]) * (tight[3] - tight[1]) < 0.9 * (loose[2] - loose[0]) * (loose[3] - loose[1])
+
+
+def test_minutes_replace_the_schedule(tiny):
+    from nailseg.schedule import lr_factor
+
+    cfg = build_config(DEFAULT_CONFIG, tiny, minutes=2.5)
+    assert cfg.param_scheduler is None
+    assert [h for h in cfg.custom_hooks if h["type"] == "TimeBudgetHook"] == [dict(type="TimeBudgetHook", minutes=2.5)]
+    assert cfg.train_cfg.max_iters >= 10**9  # the clock ends it
+    bounded = build_config(DEFAULT_CONFIG, tiny, minutes=2.5, epochs=2, batch_size=2)
+    assert bounded.train_cfg.max_iters < 100  # with --epochs, whichever ends first
+    # Warm-up from 10 %, the peak at the end of warm-up, cosine down to 1 % at the budget's end.
+    assert lr_factor(0.0) == pytest.approx(0.1) and lr_factor(0.03) == pytest.approx(1.0)
+    assert lr_factor(0.515) == pytest.approx(0.505) and lr_factor(1.0) == pytest.approx(0.01)
+    assert lr_factor(2.0) == pytest.approx(0.01)
+    values = [lr_factor(f / 100) for f in range(3, 101)]
+    assert all(a >= b for a, b in zip(values, values[1:]))
+    with pytest.raises(ValueError, match="minutes must be positive"):
+        build_config(DEFAULT_CONFIG, tiny, minutes=0)
+    with pytest.raises(ValueError, match="iteration-based"):
+        build_config(CONFIG_DIR / "mask-rcnn_r50-caffe_fpn_ms_nails.py", tiny, minutes=1)
+
+
+@pytest.mark.slow
+def test_minutes_stop_with_a_checkpoint_and_resume_the_clock(tiny, tmp_path):
+    """A 0.4-minute run ends by itself with a checkpoint, its lr decayed; --resume keeps the time spent."""
+    import torch
+
+    from nailseg.weights import allow_mmengine_checkpoints
+
+    work = tmp_path / "wd"
+    cmd = [sys.executable, "-m", "nailseg", "train", "--data", str(tiny), "--work-dir", str(work), "--batch-size", "1"]
+    cmd += ["--minutes", "0.4", "--lr", "0.002", "--cfg-options", "default_hooks.logger.interval=1"]
+    cmd += ["train_cfg.val_interval=100000", "model.backbone.pretrained=False"]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    last = Path((work / "last_checkpoint").read_text().strip())
+    assert last.is_file()
+    allow_mmengine_checkpoints()
+    info = torch.load(last, map_location="cpu")["message_hub"]["runtime_info"]
+    assert info["time_budget_elapsed"] >= 0.4 * 60 - 15  # ended by the clock, within an iteration or so
+    assert info["time_budget_base_lr"] == [0.002]
+    records = [json.loads(line) for line in next(work.rglob("scalars.json")).read_text().splitlines()]
+    lrs = [r["lr"] for r in records if "lr" in r]
+    assert max(lrs) <= 0.002 + 1e-9 and lrs[-1] < 0.5 * max(lrs)  # warmed up, then decayed
+    # Resumed: the budget is already spent, so it trains one iteration and stops.
+    again = subprocess.run([*cmd, "--resume"], capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert Path((work / "last_checkpoint").read_text().strip()) != last
