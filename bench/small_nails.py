@@ -49,13 +49,16 @@ def best_anchor_iou(prior_generator, boxes_xyxy: np.ndarray, height: int, width:
     return bbox_overlaps(boxes, anchors).max(dim=1).values.numpy()
 
 
-def nails_by_anchor_fit(segmenter, gt: dict, img_dir: Path, thr: float) -> np.ndarray:
+def nails_by_anchor_fit(segmenter, gt: dict, img_dir: Path, thr: float, priors=None) -> np.ndarray:
     """One row per labelled nail of ``gt``: best anchor IoU, matched at ``thr``, area in photo
-    pixels, best box IoU with any detection, and with any shown at ``thr`` (:data:`COLUMNS`)."""
+    pixels, best box IoU with any detection, and with any shown at ``thr`` (:data:`COLUMNS`).
+
+    ``priors``: the anchor generator to measure the fit with (default: the segmenter's own).
+    """
     from mmcv import rescale_size
     from mmdet.structures.bbox import bbox_overlaps
 
-    priors = segmenter.model.rpn_head.prior_generator
+    priors = priors or segmenter.model.rpn_head.prior_generator
     resize = next(t for t in segmenter.pipeline.transforms if type(t).__name__ == "Resize")
     rows = []
     for image in gt["images"]:
@@ -89,17 +92,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--weights", default=None, help="weights spec (default: $NAILSEG_WEIGHTS, then bundled)")
     parser.add_argument("--score-thr", type=float, default=None, help="default: the model's own")
     parser.add_argument("--limit", type=int, default=None, help="first N photos (quick look)")
+    parser.add_argument(
+        "--anchors-of",
+        default=None,
+        metavar="WEIGHTS",
+        help="bucket by these weights' anchors instead (two models compared nail for nail on the same buckets)",
+    )
     args = parser.parse_args(argv)
 
     start = time.perf_counter()
     segmenter = load_model(args.weights, device="cpu")
     thr = segmenter.score_thr if args.score_thr is None else args.score_thr
-    priors = segmenter.model.rpn_head.prior_generator
+    anchors_of = load_model(args.anchors_of, device="cpu") if args.anchors_of else segmenter
+    priors = anchors_of.model.rpn_head.prior_generator
     gt = load_coco(args.ann_file)
-    table = nails_by_anchor_fit(segmenter, {**gt, "images": gt["images"][: args.limit]}, args.img_dir, thr)
+    table = nails_by_anchor_fit(segmenter, {**gt, "images": gt["images"][: args.limit]}, args.img_dir, thr, priors)
 
     print(
-        f"weights: {segmenter.weights.source}; score >= {thr}; anchors: strides {[s[0] for s in priors.strides]}, "
+        f"weights: {segmenter.weights.source}; score >= {thr}; anchors (of {anchors_of.weights.source}): "
+        f"strides {[s[0] for s in priors.strides]}, "
         f"scales {priors.scales.tolist()}, ratios {priors.ratios.tolist()}"
     )
     print(f"{'best anchor IoU':>16s} {'nails':>6s} {'recall':>7s} {'median area px':>15s}")

@@ -18,9 +18,10 @@ model = dict(
     neck=dict(in_channels=[24, 40, 112, 320], out_channels=128),
     rpn_head=dict(in_channels=128, feat_channels=128),
     roi_head=dict(
-        bbox_roi_extractor=dict(out_channels=128),
+        # NailRoIAlign: every CPU core instead of mmcv's one (mmcv's CUDA op on a GPU); nailseg/model.py.
+        bbox_roi_extractor=dict(type='NailRoIExtractor', roi_layer=dict(type='NailRoIAlign'), out_channels=128),
         bbox_head=dict(in_channels=128, fc_out_channels=512, num_classes=1),  # one class: nail
-        mask_roi_extractor=dict(out_channels=128),
+        mask_roi_extractor=dict(type='NailRoIExtractor', roi_layer=dict(type='NailRoIAlign'), out_channels=128),
         # NailMaskHead: FCNMaskHead with an init that suits one class (see nailseg/model.py).
         mask_head=dict(type='NailMaskHead', in_channels=128, conv_out_channels=128, num_classes=1)),
     train_cfg=dict(rcnn=dict(sampler=dict(num=256))),  # a photo holds ~5 nails, not 100 objects

@@ -70,6 +70,7 @@ def _train(args: argparse.Namespace) -> int:
         launcher=args.launcher,
         world_size=args.nproc if start_workers else distributed.world_size(args.launcher),
         minutes=args.minutes,
+        precision=args.precision,
     )
     if start_workers:  # the config was checked once, here, before any worker starts
         return distributed.launch(args.argv, args.nproc)
@@ -186,6 +187,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="train for this wall-clock time: warm-up and cosine lr over it, then a checkpoint (replaces the "
         "config's schedule; with --epochs, whichever ends first)",
+    )
+    p.add_argument(
+        "--precision",
+        choices=("fp32", "bf16", "auto"),
+        default=None,
+        help="CPU training precision: bf16 autocast for the convolution-heavy parts (default $NAILSEG_PRECISION, "
+        "else auto: bf16 where the CPU computes it natively)",
     )
     p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --work-dir")
     p.add_argument(

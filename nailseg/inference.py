@@ -20,6 +20,7 @@ import numpy as np
 
 from nailseg.dedup import MaskDedup, shown_nails
 from nailseg.images import fit_within
+from nailseg.precision import channels_last, choose_precision, use_bf16
 from nailseg.result import Nails
 from nailseg.weights import ResolvedWeights, WeightsError, load_model_config, load_state_dict, resolve_weights
 
@@ -43,6 +44,7 @@ class NailSegmenter:
     load_seconds: float
     dedup: MaskDedup | None = MaskDedup()  # None: every detection, duplicates too
     score_thr: float = FALLBACK_SCORE_THR  # the model's default threshold (see default_score_thr)
+    precision: str = "fp32"  # "bf16": conv-heavy parts under CPU autocast (nailseg.precision)
 
     def __post_init__(self) -> None:
         self._lock = threading.Lock()
@@ -126,7 +128,10 @@ def default_device() -> str:
 
 
 def load_model(
-    weights: str | Path | None = None, device: str | None = None, allow_py_config: bool = False
+    weights: str | Path | None = None,
+    device: str | None = None,
+    allow_py_config: bool = False,
+    precision: str | None = None,
 ) -> NailSegmenter:
     """Build the model of a weights spec and load its weights (no unpickling, no config code).
 
@@ -137,6 +142,8 @@ def load_model(
         device: ``"cpu"``, ``"cuda"``...; default CUDA when present.
         allow_py_config: also accept a ``.py`` config beside local weights (it runs Python);
             only for weights named by the machine's owner (the command line).
+        precision: ``fp32``, ``bf16`` or ``auto``; default ``$NAILSEG_PRECISION``, else ``auto``
+            (:func:`nailseg.precision.choose_precision`: bfloat16 on CPUs that compute it natively).
     """
     from mmcv.transforms import Compose
     from mmdet.registry import MODELS
@@ -147,6 +154,7 @@ def load_model(
     start = time.perf_counter()
     resolved = resolve_weights(weights, allow_py_config=allow_py_config)
     device = device or default_device()
+    precision = choose_precision(device, precision)
     cfg = load_model_config(resolved.config)
     init_default_scope(cfg.default_scope)
     try:
@@ -162,8 +170,15 @@ def load_model(
             f"{resolved.weights.name} and its config do not make a model ({err.__class__.__name__}: {str(err)[:200]})"
         ) from err
     model.to(device).eval()
+    fold = getattr(getattr(model, "backbone", None), "fold_batchnorm", None)
+    if fold:  # frozen BatchNorm folded into its convolutions: the same outputs, one pass less
+        fold()
+    if precision == "bf16":
+        use_bf16(model)
+        channels_last(model)
     model.dataset_meta = {"classes": ("nail",)}
-    return NailSegmenter(model, pipeline, resolved, device, time.perf_counter() - start, dedup, score_thr)
+    seconds = time.perf_counter() - start
+    return NailSegmenter(model, pipeline, resolved, device, seconds, dedup, score_thr, precision)
 
 
 def dedup_settings(model_cfg: dict) -> MaskDedup | None:

