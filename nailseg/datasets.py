@@ -28,8 +28,9 @@ import numpy as np
 from nailseg import convert
 from nailseg.files import write_atomic
 from nailseg.images import IMAGE_EXTENSIONS, MAX_PIXELS, ImageError, exif_size
+from nailseg.json_files import check_coco, read_json
 
-MAX_NAILS = 500  # per photo: far above any hand, and a bound on the work one file can ask for
+MAX_LABEL_BYTES = 4 * 2**20  # a YOLO label file; the largest in the data sets here is 2 KB
 
 
 @dataclass(frozen=True)
@@ -180,18 +181,31 @@ def load_mask(path: Path) -> np.ndarray:
 
 
 def load_yolo_polygons(path: Path, width: int, height: int) -> list[np.ndarray]:
-    """Read a YOLO-seg label file into ``(K, 2)`` pixel-coordinate polygons (class ids ignored)."""
+    """Read a YOLO-seg label file into ``(K, 2)`` pixel-coordinate polygons (class ids ignored).
+
+    Each polygon is checked as it is parsed (:func:`nailseg.convert.check_polygon`): finite,
+    within the photo, bounded in points and outline.
+
+    Raises:
+        ValueError: the file is too large or has too many polygons, or a line that is not a
+            polygon the photo can hold; the message names the line.
+    """
+    if path.stat().st_size > MAX_LABEL_BYTES:
+        raise ValueError(f"the label file is larger than {MAX_LABEL_BYTES // 2**20} MiB")
     polygons = []
     for line_no, line in enumerate(path.read_text().splitlines(), start=1):
         values = line.split()
         if not values:
             continue
-        if len(polygons) == MAX_NAILS:
-            raise ValueError(f"more than {MAX_NAILS} polygons")
-        coords = np.array(values[1:], dtype=np.float64)
-        if len(coords) < 6 or len(coords) % 2:
-            raise ValueError(f"line {line_no}: a polygon needs an even number of >= 6 coordinates")
-        polygons.append(coords.reshape(-1, 2) * (width, height))
+        if len(polygons) == convert.MAX_NAILS:
+            raise ValueError(f"more than {convert.MAX_NAILS} polygons")
+        try:
+            coords = np.array(values[1:], dtype=np.float64)
+            to_pixels = np.resize(np.array([width, height], np.float64), len(coords))
+            with np.errstate(over="ignore"):  # 1e308 * width is inf: refused as such
+                polygons.append(convert.check_polygon(coords * to_pixels, height, width))
+        except ValueError as err:
+            raise ValueError(f"line {line_no}: {err}") from None
     return polygons
 
 
@@ -219,7 +233,7 @@ def convert_sample(root: Path, sample: Sample, min_area: int, split_touching: bo
             if mask.shape[:2] != (out.height, out.width):
                 raise ValueError(f"size mismatch: photo {out.width}x{out.height}, mask {mask.shape[1]}x{mask.shape[0]}")
             binary = convert.binarize_mask(mask)
-            instances = convert.mask_to_instances(binary, min_area, split_touching, max_instances=MAX_NAILS)
+            instances = convert.mask_to_instances(binary, min_area, split_touching, max_instances=convert.MAX_NAILS)
         out.annotations = [convert.instance_to_annotation(m) for m in instances]
     except (OSError, ValueError) as err:
         out.problem = str(err) or type(err).__name__
@@ -372,5 +386,11 @@ def save_report(report: ConversionReport, out_dir: str | Path) -> list[Path]:
 
 
 def load_coco(path: str | Path) -> dict:
-    """Read a COCO json written by :func:`save_report`."""
-    return json.loads(Path(path).read_text())
+    """Read a COCO instances file (``nailseg convert``'s or a labelling tool's), its shape checked.
+
+    Raises:
+        ValueError: not JSON, or not a COCO file NailSeg can use; the message names the file and
+            the place in it (see :func:`nailseg.json_files.check_coco`).
+        OSError: the file cannot be read.
+    """
+    return check_coco(read_json(path), str(path))

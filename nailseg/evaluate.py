@@ -197,17 +197,13 @@ def coco_ap(gt: dict, results: list[dict]) -> dict:
 
 def coco_nails(coco: dict, image: dict) -> Nails:
     """The annotations of one COCO image as ``Nails`` (score 1), in reading order."""
-    from pycocotools import mask as mask_utils
+    from nailseg.convert import segmentation_to_mask
 
     height, width = image["height"], image["width"]
     anns = [a for a in coco["annotations"] if a["image_id"] == image["id"]]
     if not anns:
         return Nails.empty(height, width)
-    masks = []
-    for ann in anns:
-        seg = ann["segmentation"]
-        rle = mask_utils.merge(mask_utils.frPyObjects(seg, height, width)) if isinstance(seg, list) else seg
-        masks.append(mask_utils.decode(rle).astype(bool))
+    masks = [segmentation_to_mask(ann["segmentation"], height, width) for ann in anns]
     boxes = np.array([[x, y, x + w, y + h] for x, y, w, h in (a["bbox"] for a in anns)], np.float32)
     return Nails(boxes, np.stack(masks), np.ones(len(anns), np.float32)).in_reading_order()
 

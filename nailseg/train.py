@@ -7,11 +7,11 @@
 from __future__ import annotations
 
 import io
-import json
 import math
 import warnings
 from pathlib import Path
 
+from nailseg.datasets import load_coco
 from nailseg.distributed import configure, init_cpu_process_group
 from nailseg.files import write_atomic
 from nailseg.hub import reachable
@@ -19,7 +19,8 @@ from nailseg.paths import DEFAULT_CONFIG
 
 
 def _count_images(ann_file: Path) -> tuple[int, int, str]:
-    coco = json.loads(ann_file.read_text())
+    """Photos, annotated photos and the recorded photos folder of a COCO file, its shape checked."""
+    coco = load_coco(ann_file)
     annotated = len({a["image_id"] for a in coco["annotations"]})
     return len(coco["images"]), annotated, coco.get("info", {}).get("dataset_root", "")
 

@@ -137,7 +137,7 @@ def _check_data(node, where: str = "config") -> None:
             # mmengine's own keys (``_scope_`` imports ``<scope>.registry``): only mmdet's scope.
             if not isinstance(key, str) or (key.startswith("_") and (key, value) != ("_scope_", "mmdet")):
                 raise WeightsError(f"{where}: key {str(key)[:40]!r} is not accepted")
-            if key == "type" and value not in ALLOWED_TYPES:
+            if key == "type" and (not isinstance(value, str) or value not in ALLOWED_TYPES):
                 raise WeightsError(f"{where}: type {str(value)[:60]!r} is not one this project builds")
             _check_data(value, f"{where}.{key}")
     elif isinstance(node, list):
@@ -202,13 +202,36 @@ def load_model_config(path: str | Path):
         cfg = Config.fromfile(str(path), import_custom_modules=False)
         data = {"model": cfg.model.to_dict(), "test_pipeline": [dict(s) for s in cfg.test_dataloader.dataset.pipeline]}
         return Config(inference_config(json.loads(json.dumps(data))))
-    if path.stat().st_size > MAX_CONFIG_BYTES:
-        raise WeightsError(f"config {path.name} is larger than {MAX_CONFIG_BYTES // 1024} KiB")
+    return Config(read_inference_config(path))
+
+
+def read_inference_config(path: str | Path) -> dict:
+    """:func:`inference_config` of a ``.json`` config file; messages name the file."""
+    data = read_config_data(path)
     try:
-        data = json.loads(path.read_text())
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise WeightsError(f"config {path.name} is not JSON ({err.__class__.__name__})") from err
-    return Config(inference_config(data))
+        return inference_config(data)
+    except WeightsError as err:
+        raise WeightsError(f"{Path(path).name}: {err}") from None
+
+
+def read_config_data(path: str | Path) -> dict:
+    """A ``.json`` config as plain data: standard JSON (finite numbers), at most ``MAX_CONFIG_BYTES``.
+
+    Raises:
+        WeightsError: unreadable, too large, not JSON, or not an object; the message names the file.
+    """
+    from nailseg.json_files import read_json
+
+    path = Path(path)
+    try:
+        data = read_json(path, f"config {path.name}", MAX_CONFIG_BYTES)
+    except OSError as err:
+        raise WeightsError(f"config {path.name} cannot be read ({err.strerror or type(err).__name__})") from None
+    except ValueError as err:
+        raise WeightsError(str(err)) from None
+    if not isinstance(data, dict):
+        raise WeightsError(f"config {path.name} is not a JSON object")
+    return data
 
 
 # --- checkpoints and weights files --------------------------------------------------------------
@@ -326,11 +349,8 @@ def record_score_thr(weights: str | Path, score_thr: float) -> Path:
     from nailseg.files import write_atomic
 
     config = Path(weights).with_suffix(".json")
-    try:
-        data = json.loads(config.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise WeightsError(f"{config.name} is not a readable JSON config ({err.__class__.__name__})") from err
-    if not isinstance(data, dict) or not isinstance(data.get("model"), dict):
+    data = read_config_data(config)
+    if not isinstance(data.get("model"), dict):
         raise WeightsError(f"{config.name}: no model in it")
     _set_score_thr(data, score_thr)
     write_atomic(config, json.dumps(data, indent=1))

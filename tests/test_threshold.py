@@ -178,5 +178,5 @@ def test_record_score_thr_rewrites_only_the_config(tmp_path):
     assert load_model(weights, device="cpu").score_thr == 0.65 and weights.read_bytes() == before
     with pytest.raises(WeightsError, match=r"must be in \(0, 1\], got 2"):
         record_score_thr(weights, 2)
-    with pytest.raises(WeightsError, match="not a readable JSON config"):
+    with pytest.raises(WeightsError, match="config missing.json cannot be read"):
         record_score_thr(tmp_path / "missing.safetensors", 0.5)
