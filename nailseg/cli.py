@@ -26,7 +26,8 @@ def _convert(args: argparse.Namespace) -> int:
         workers=args.workers,
     )
     summary = report.summary()
-    if report.converted:
+    refused = args.strict and bool(report.problems)  # --strict: all or nothing
+    if report.converted and not refused:
         summary["written"] = [str(p) for p in save_report(report, args.out)]
     print(json.dumps(summary, indent=2))
     for path, problem in report.problems:
@@ -34,8 +35,8 @@ def _convert(args: argparse.Namespace) -> int:
     if not report.converted:
         print("error: nothing was converted; no file was written", file=sys.stderr)
         return 1
-    if args.strict and report.problems:
-        print(f"error: {len(report.problems)} problem(s) and --strict was given", file=sys.stderr)
+    if refused:
+        print(f"error: {len(report.problems)} problem(s) and --strict was given; no file was written", file=sys.stderr)
         return 1
     return 0
 

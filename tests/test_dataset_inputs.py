@@ -1,13 +1,14 @@
-"""Datasets and COCO files from elsewhere (issue 27: row 2's parser half, item 3).
+"""Datasets and COCO files from elsewhere (issue 27: row 2's parser half, items 3 and 7).
 
 Numbers are checked where they are parsed, so that pycocotools (C code that casts coordinates to
-int and allocates without checking) never sees one it would crash on; and every JSON file is checked
-for its shape with a message naming the file.
+int and allocates without checking) never sees one it would crash on; every JSON file is checked
+for its shape with a message naming the file; and ``nailseg convert`` loses nothing silently.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import re
 import resource
 import shutil
@@ -19,7 +20,7 @@ import numpy as np
 import pytest
 from support import DATA, PHOTOS, convert_test_photos
 
-from nailseg import convert
+from nailseg import cli, convert
 from nailseg.datasets import MAX_LABEL_BYTES, load_coco, load_yolo_polygons
 from nailseg.json_files import check_coco, check_results
 
@@ -32,6 +33,12 @@ def yolo_dataset(root: Path, photos: list[Path] = PHOTOS[:2]) -> Path:
         shutil.copy(photo, root / "images" / photo.name)
         shutil.copy(DATA / "labels" / f"{photo.stem}.txt", root / "labels" / f"{photo.stem}.txt")
     return root
+
+
+def convert_cli(capsys, root: Path, out: Path, *extra: str) -> tuple[int, dict, str]:
+    code = cli.main(["convert", str(root), "--out", str(out), "--valid-fraction", "0", "--workers", "1", *extra])
+    captured = capsys.readouterr()
+    return code, json.loads(captured.out) if captured.out.strip() else {}, captured.err
 
 
 # --- row 2: a YOLO line that pycocotools would die on ------------------------------------------
@@ -97,6 +104,71 @@ def test_a_label_file_too_large_is_refused_unread(tmp_path):
     label.write_bytes(b" " * (MAX_LABEL_BYTES + 1))
     with pytest.raises(ValueError, match="larger than 4 MiB"):
         load_yolo_polygons(label, 100, 100)
+
+
+# --- item 7: convert loses nothing silently ---------------------------------------------------
+
+
+def test_two_photos_with_one_name_are_both_listed(tmp_path, capsys):
+    root = yolo_dataset(tmp_path / "ds")
+    photo = PHOTOS[0]
+    from PIL import Image
+
+    Image.open(photo).save(root / "images" / f"{photo.stem}.png")
+    code, summary, err = convert_cli(capsys, root, tmp_path / "out")
+    assert code == 0 and summary["photos"] == 1
+    listed = {p["file"]: p["problem"] for p in summary["problems"]}
+    assert listed.keys() == {f"images/{photo.name}", f"images/{photo.stem}.png"}
+    assert all(p.startswith("one name for several files") for p in listed.values())
+    assert f"images/{photo.stem}.png" in err
+
+
+def test_two_labels_with_one_name_are_listed_by_their_photo(tmp_path, capsys):
+    root = tmp_path / "semantic"
+    for sub, name in (("Images", "a.jpg"), ("Masks", "a.png"), ("Masks", "a.PNG")):
+        (root / sub / "1").mkdir(parents=True, exist_ok=True)
+        shutil.copy(PHOTOS[0], root / sub / "1" / name)
+    code, summary, _ = convert_cli(capsys, root, tmp_path / "out")
+    assert code == 1 and summary["problems"] == [
+        {"file": "Images/1/a.jpg", "problem": "one name for several files (a.jpg, a.PNG, a.png)"}
+    ]
+
+
+def test_a_truncated_photo_is_found_and_listed(tmp_path, capsys):
+    root = yolo_dataset(tmp_path / "ds")
+    photo = root / "images" / PHOTOS[0].name
+    photo.write_bytes(photo.read_bytes()[: photo.stat().st_size * 3 // 4])  # header intact, pixels cut
+    code, summary, _ = convert_cli(capsys, root, tmp_path / "out")
+    assert code == 0 and summary["photos"] == 1
+    assert summary["problems"] == [
+        {"file": f"images/{photo.name}", "problem": "the image file is truncated (incomplete download?)"}
+    ]
+
+
+def test_strict_writes_nothing_when_it_fails(tmp_path, capsys):
+    root = yolo_dataset(tmp_path / "ds")
+    (root / "labels" / f"{PHOTOS[0].stem}.txt").write_text("0 0.1 0.1 0.2 0.2 0.3\n")  # an odd count
+    out = tmp_path / "out"
+    code, summary, err = convert_cli(capsys, root, out, "--strict")
+    assert code == 1 and "written" not in summary
+    assert "1 problem(s) and --strict was given; no file was written" in err
+    assert not out.exists()
+    code, summary, _ = convert_cli(capsys, root, out)  # without --strict, the rest is written
+    assert code == 0 and len(summary["written"]) == 3
+
+
+def test_output_files_keep_the_usual_mode(tmp_path, capsys):
+    previous = os.umask(0o022)
+    try:
+        code, summary, _ = convert_cli(capsys, yolo_dataset(tmp_path / "ds"), tmp_path / "out")
+    finally:
+        os.umask(previous)
+    assert code == 0
+    assert {Path(p).name: oct(Path(p).stat().st_mode & 0o777) for p in summary["written"]} == {
+        "train.json": "0o644",
+        "valid.json": "0o644",
+        "manifest.csv": "0o644",
+    }
 
 
 # --- item 3: every JSON file checked for its shape ---------------------------------------------
