@@ -163,8 +163,12 @@ def _loadable(load_from: str | None, work_dir: Path) -> str | None:
     """``load_from`` as mmengine can read it with ``weights_only=True``.
 
     Exported ``.safetensors`` weights become a weights-only ``.pth`` in ``work_dir``; a training
-    checkpoint (``.pth``) is read as it is, through :func:`nailseg.weights.allow_mmengine_checkpoints`.
+    checkpoint (``.pth``) is read as it is, through :func:`nailseg.weights.allow_mmengine_checkpoints`,
+    once read here first so that anything but data is refused with a message of ours (mmengine
+    never runs a config it loads from; only resuming would, see :func:`nailseg.weights.check_resumable`).
     """
+    from nailseg.weights import load_checkpoint
+
     if not load_from or str(load_from).startswith(("http://", "https://")):
         return load_from
     if not Path(load_from).is_file():
@@ -173,6 +177,7 @@ def _loadable(load_from: str | None, work_dir: Path) -> str | None:
             "from with --load-from"
         )
     if not str(load_from).endswith(".safetensors"):
+        load_checkpoint(load_from)
         return load_from
     import torch
 
@@ -198,12 +203,14 @@ def train(cfg, resume: bool = False) -> Path:
 
     import nailseg.model  # noqa: F401 - registers the backbone and mask head
     import nailseg.schedule  # noqa: F401 - registers TimeBudgetHook (--minutes)
-    from nailseg.weights import allow_mmengine_checkpoints
+    from nailseg.weights import allow_mmengine_checkpoints, check_resumable
 
     # mmengine resumes from the checkpoint its ``last_checkpoint`` file names; with none saved yet
     # (a run stopped before its first checkpoint) there is nothing to resume: start as asked,
     # from ``load_from``, instead of from scratch.
     cfg.resume = bool(resume) and (Path(cfg.work_dir) / "last_checkpoint").is_file()
+    if cfg.resume:
+        check_resumable((Path(cfg.work_dir) / "last_checkpoint").read_text().strip())
     cfg.load_from = None if cfg.resume else _loadable(cfg.get("load_from"), Path(cfg.work_dir))
     # mmengine reads checkpoints with torch.load's default, weights_only=True: name the plain
     # data types its own checkpoints hold, so no pickle is ever trusted with code.

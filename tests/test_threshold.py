@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 from support import DATA as TINY_DATA
-from support import convert_test_photos
+from support import convert_test_photos, fake_checkpoint
 
 from nailseg import cli
 from nailseg.images import load_image_rgb
@@ -25,7 +25,6 @@ from nailseg.weights import (
     ENV_VAR,
     WeightsError,
     export_weights,
-    load_state_dict,
     record_score_thr,
 )
 
@@ -96,17 +95,6 @@ def test_predict_cli_refuses_a_threshold_out_of_range(tmp_path, photos, capsys):
     assert cli.main(["predict", str(photos[0]), "--out", str(tmp_path / "out"), "--score-thr", "1.5"]) == 2
     assert "--score-thr must be in [0, 1], got 1.5" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
-
-
-def fake_checkpoint(path: Path) -> Path:
-    """An mmengine-style checkpoint of the bundled model: its state dict and its training config."""
-    import torch
-    from mmengine.config import Config
-
-    config = Path(__file__).parents[1] / "configs" / "mask-rcnn_effilite0_fpn-128_nails.py"
-    cfg = Config.fromfile(str(config), import_custom_modules=False)
-    torch.save({"state_dict": load_state_dict(BUNDLED_WEIGHTS), "meta": {"cfg": cfg.pretty_text}}, path)
-    return path
 
 
 def test_export_records_the_threshold(tmp_path, capsys):
