@@ -462,6 +462,25 @@ def record_score_thr(weights: str | Path, score_thr: float) -> Path:
     return config
 
 
+def check_safetensors(path: str | Path) -> Path:
+    """``path`` if it is a ``.safetensors`` file whose header safetensors reads (no tensor is loaded).
+
+    Raises:
+        WeightsError: another suffix (a pickled ``.pth`` above all), or not a safetensors file.
+    """
+    from safetensors import SafetensorError, safe_open
+
+    path = Path(path)
+    if path.suffix != ".safetensors":
+        raise WeightsError(f"weights must be a .safetensors file, got {path.name}: export a checkpoint first")
+    try:
+        with safe_open(str(path), framework="pt"):
+            pass
+    except (SafetensorError, OSError) as err:
+        raise WeightsError(f"{path.name} is not a readable safetensors file ({err})") from None
+    return path
+
+
 def load_state_dict(path: str | Path) -> dict:
     """Read a ``.safetensors`` weights file (no unpickling); float16 tensors come back as float32."""
     import torch

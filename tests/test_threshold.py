@@ -9,12 +9,10 @@ get 0.5.
 from __future__ import annotations
 
 import json
-import shutil
-from pathlib import Path
 
 import pytest
 from support import DATA as TINY_DATA
-from support import convert_test_photos, fake_checkpoint
+from support import convert_test_photos, fake_checkpoint, weights_with
 
 from nailseg import cli
 from nailseg.images import load_image_rgb
@@ -27,21 +25,6 @@ from nailseg.weights import (
     export_weights,
     record_score_thr,
 )
-
-UNSET = object()
-
-
-def weights_with(tmp_path: Path, score_thr=UNSET, name: str = "model") -> Path:
-    """A copy of the bundled model whose config states ``score_thr`` (UNSET: states none)."""
-    weights = tmp_path / f"{name}.safetensors"
-    shutil.copyfile(BUNDLED_WEIGHTS, weights)
-    config = json.loads(BUNDLED_WEIGHTS.with_suffix(".json").read_text())
-    rcnn = config["model"]["test_cfg"]["rcnn"]
-    rcnn.pop("default_score_thr", None)
-    if score_thr is not UNSET:
-        rcnn["default_score_thr"] = score_thr
-    weights.with_suffix(".json").write_text(json.dumps(config))
-    return weights
 
 
 def test_the_bundled_model_states_the_threshold_its_card_chose():
