@@ -17,6 +17,8 @@ from nailseg.files import write_atomic
 from nailseg.hub import reachable
 from nailseg.paths import DEFAULT_CONFIG
 
+MAX_LR = 1.0  # the configs here train at 0.02 (SGD); above 1 any of them diverges
+
 
 def _count_images(ann_file: Path) -> tuple[int, int, str]:
     """Photos, annotated photos and the recorded photos folder of a COCO file, its shape checked."""
@@ -81,6 +83,10 @@ def build_config(
     for name, value in (("epochs", epochs), ("batch size", batch_size), ("learning rate", lr), ("minutes", minutes)):
         if value is not None and not value > 0:  # 0 would otherwise mean "the config's own"
             raise ValueError(f"{name} must be positive, got {value}")
+        if value is not None and not math.isfinite(value):
+            raise ValueError(f"{name} must be a finite number, got {value}")
+    if lr is not None and lr > MAX_LR:
+        raise ValueError(f"learning rate must be at most {MAX_LR:g}, got {lr}")
     config, data = Path(config), Path(data).resolve()
     train_json, valid_json = data / "train.json", data / "valid.json"
     if not train_json.is_file():
