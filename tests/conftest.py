@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, settings
+from hypothesis.configuration import set_hypothesis_home_dir
 from support import PHOTOS, SHARED, AppProcess, weights_spec
 
 # gradio_client downloads answers into $GRADIO_TEMP_DIR and makes a folder per file in the temp
@@ -20,7 +21,9 @@ tempfile.tempdir = str(SESSION_TMP)
 
 
 # Property tests (Hypothesis): a few dozen examples each by default; `--hypothesis-profile thorough`
-# for many more. No example database: the tests leave nothing in the checkout.
+# for many more. No example database, and Hypothesis' own files go into this run's folder: the
+# tests leave nothing in the checkout.
+set_hypothesis_home_dir(SESSION_TMP / "hypothesis")
 _PROPERTY = dict(deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
 settings.register_profile("default", max_examples=50, **_PROPERTY)
 settings.register_profile("thorough", max_examples=2000, **_PROPERTY)
