@@ -2,21 +2,64 @@
 
 Heavy imports (torch, mmdet) happen inside the subcommands that need them, so that
 ``nailseg convert`` starts in well under a second.
+
+One error boundary (:func:`main`): a user's mistake (an argument out of range; a file that is
+missing, of the wrong shape or not writable) is one line on stderr, ``error: ...`` naming the
+argument or the file, and exit status 2, without a traceback; a real bug still shows one. Outputs
+are checked before the work starts, so a mistake there costs no work and no data.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import math
+import os
+import signal
 import sys
 from pathlib import Path
 
 from nailseg.convert import DEFAULT_MIN_AREA
 
+MAX_CROP_SIZE = 2048  # as the app's crop size (nailseg/tabs/segment.py); 40,000 px would take 6.4 GB
+
+
+def _in_range(value: float | None, flag: str, low: float, high: float) -> None:
+    """Refuse a number given on the command line unless it is finite and in ``[low, high]``."""
+    if value is not None and not (math.isfinite(value) and low <= value <= high):
+        raise ValueError(f"{flag} must be in [{low:g}, {high:g}], got {value}")
+
+
+def _writable(folder: Path, flag: str, given: Path) -> None:
+    """Refuse ``given`` unless ``folder`` is, or can be made as, a folder this process may write in."""
+    existing = next(p for p in (folder, *folder.parents) if p.exists())
+    if not existing.is_dir():
+        raise ValueError(f"{flag} {given}: {existing} is a file, not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ValueError(f"{flag} {given}: {existing} is not writable")
+
+
+def _output_folder(path: Path, flag: str) -> Path:
+    """An output folder, checked before the work starts (it may not exist yet)."""
+    _writable(path, flag, path)
+    return path
+
+
+def _output_file(path: Path, flag: str) -> Path:
+    """An output file, checked before the work starts: not a folder, in a folder that can be written."""
+    if path.is_dir():
+        raise ValueError(f"{flag} {path} is a folder: name the file to write")
+    _writable(path.parent, flag, path)
+    return path
+
 
 def _convert(args: argparse.Namespace) -> int:
     from nailseg.datasets import convert_dataset, save_report
 
+    _output_folder(args.out, "--out")
+    if args.workers is not None and args.workers < 1:
+        raise ValueError(f"--workers must be at least 1, got {args.workers}")
     report = convert_dataset(
         args.root,
         valid_fraction=args.valid_fraction,
@@ -26,7 +69,8 @@ def _convert(args: argparse.Namespace) -> int:
         workers=args.workers,
     )
     summary = report.summary()
-    if report.converted:
+    refused = args.strict and bool(report.problems)  # --strict: all or nothing
+    if report.converted and not refused:
         summary["written"] = [str(p) for p in save_report(report, args.out)]
     print(json.dumps(summary, indent=2))
     for path, problem in report.problems:
@@ -34,8 +78,8 @@ def _convert(args: argparse.Namespace) -> int:
     if not report.converted:
         print("error: nothing was converted; no file was written", file=sys.stderr)
         return 1
-    if args.strict and report.problems:
-        print(f"error: {len(report.problems)} problem(s) and --strict was given", file=sys.stderr)
+    if refused:
+        print(f"error: {len(report.problems)} problem(s) and --strict was given; no file was written", file=sys.stderr)
         return 1
     return 0
 
@@ -72,6 +116,7 @@ def _train(args: argparse.Namespace) -> int:
         minutes=args.minutes,
         precision=args.precision,
     )
+    _output_folder(Path(cfg.work_dir), "--work-dir")
     if start_workers:  # the config was checked once, here, before any worker starts
         return distributed.launch(args.argv, args.nproc)
     checkpoint = train(cfg, resume=args.resume)
@@ -84,27 +129,50 @@ def _predict(args: argparse.Namespace) -> int:
     from nailseg import predict
     from nailseg.draw import CropOptions
 
-    if args.score_thr is not None and not 0 <= args.score_thr <= 1:
-        raise ValueError(f"--score-thr must be in [0, 1], got {args.score_thr}")
-    options = CropOptions(args.margin, bool(args.crop_size), args.crop_size, args.background == "black", args.align)
-    settings = predict.Settings(args.weights, args.score_thr, options)
-    if args.distributed:  # one of the workers that `--nproc` started
-        return predict.run_worker(args.images, args.out, settings, resume=args.resume)
+    _in_range(args.score_thr, "--score-thr", 0, 1)
+    _in_range(args.margin, "--margin", 0, 1)
+    _in_range(args.crop_size, "--crop-size", 1, MAX_CROP_SIZE)
     if args.nproc < 1:
         raise ValueError(f"--nproc must be at least 1, got {args.nproc}")
-    return predict.run(args.images, args.out, settings, resume=args.resume, nproc=args.nproc, argv=args.argv)
+    _output_folder(args.out, "--out")
+    options = CropOptions(args.margin, bool(args.crop_size), args.crop_size, args.background == "black", args.align)
+    settings = predict.Settings(args.weights, args.score_thr, options)
+    with _sigterm_as_exit():
+        if args.distributed:  # one of the workers that `--nproc` started
+            return predict.run_worker(args.images, args.out, settings, resume=args.resume)
+        return predict.run(args.images, args.out, settings, resume=args.resume, nproc=args.nproc, argv=args.argv)
+
+
+@contextlib.contextmanager
+def _sigterm_as_exit():
+    """SIGTERM (``kill``, a scheduler; torchrun stopping its workers) ends a run as Ctrl-C does:
+    through the ``finally`` that saves what was done (``predictions.json`` or a worker's shard),
+    so that ``--resume`` skips it. The previous handler is back afterwards."""
+    previous = signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _evaluate(args: argparse.Namespace) -> int:
     from nailseg.datasets import load_coco
-    from nailseg.evaluate import coco_ap, evaluate_dataset
+    from nailseg.evaluate import coco_ap, evaluate_dataset, photo_paths
     from nailseg.inference import load_model
 
+    if args.dump:  # checked before the evaluation, which it would otherwise lose
+        _output_file(args.dump, "--dump")
+    if not args.img_dir.is_dir():
+        raise ValueError(f"--img-dir {args.img_dir} is not a folder")
     gt = load_coco(args.ann_file)
+    photo_paths(gt, args.img_dir)  # all there before the model loads
     segmenter = load_model(args.weights, allow_py_config=True)
     evaluation = evaluate_dataset(segmenter, gt, args.img_dir, progress=sys.stderr.isatty())
     if args.dump:
-        args.dump.write_text(json.dumps(evaluation.results))
+        from nailseg.files import write_atomic
+
+        args.dump.parent.mkdir(parents=True, exist_ok=True)
+        write_atomic(args.dump, json.dumps(evaluation.results))
     best, tally = evaluation.chosen, evaluation.tallies[evaluation.chosen]
     print(
         f"best F1 at score >= {best} (F1 {tally.f1:.3f}, exact count {tally.exact_share:.1%}); the model's default "
@@ -122,6 +190,7 @@ def _export(args: argparse.Namespace) -> int:
 
     if args.score_thr is not None and args.choose_thr:
         raise ValueError("give --score-thr or --choose-thr, not both")
+    _writable(args.out.parent, "--out", args.out)  # the rest of --out is export_weights' to check
     if args.choose_thr:  # checked before anything is written
         from nailseg.evaluate import threshold_ground_truth
 
@@ -180,7 +249,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--work-dir", type=Path, default=None, help="logs and checkpoints (default work_dirs/<config>)")
     p.add_argument("--epochs", type=int, default=None, help="passes over the training photos")
     p.add_argument("--batch-size", type=int, default=None, help="photos per iteration and process (per GPU)")
-    p.add_argument("--lr", type=float, default=None, help="learning rate")
+    p.add_argument("--lr", type=float, default=None, help="learning rate (above 0, at most 1)")
     p.add_argument(
         "--minutes",
         type=float,
@@ -256,11 +325,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=None,
         metavar="S",
-        help="every crop S x S pixels: the nail and its margin scaled to fit, padded (default: as cut)",
+        help=f"every crop S x S pixels (1 to {MAX_CROP_SIZE}): the nail and its margin scaled to fit, padded "
+        "(default: as cut)",
     )
     p.add_argument("--align", action="store_true", help="turn each crop so the nail's long axis is vertical, tip up")
     p.add_argument(
-        "--margin", type=float, default=0.1, help="context around a nail, a fraction of its box's longer side"
+        "--margin", type=float, default=0.1, help="context around a nail, a fraction (0 to 1) of its box's longer side"
     )
     p.add_argument(
         "--background",
@@ -330,6 +400,13 @@ def main(argv: list[str] | None = None) -> int:
     args.argv = argv  # `train --nproc N` passes them on to its workers
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError, WeightsError) as err:
-        print(f"error: {err}", file=sys.stderr)
+    except (ValueError, OSError, WeightsError) as err:  # a user's mistake: an argument or a file
+        print(f"error: {_one_line(err)}", file=sys.stderr)
         return 2
+
+
+def _one_line(err: Exception) -> str:
+    """An error's message on one line; an OSError as ``file: reason``, not ``[Errno 2] ...``."""
+    if isinstance(err, OSError) and err.filename and err.strerror:
+        return f"{err.filename}: {err.strerror}"
+    return " ".join(str(err).split()) or type(err).__name__

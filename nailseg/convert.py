@@ -17,6 +17,14 @@ from pycocotools import mask as mask_utils
 
 NAIL_CATEGORY = {"id": 1, "name": "nail", "supercategory": "nail"}
 DEFAULT_MIN_AREA = 20
+# What a polygon may ask of pycocotools. Its rasteriser casts coordinates to int without a check
+# (NaN, inf or 1e20 become any integer) and allocates ~100 bytes per pixel of outline without
+# checking malloc: unbounded outlines exhaust memory, then it segfaults. A nail's outline is
+# short; labelling tools round a little outside the photo.
+MAX_NAILS = 500  # per photo: far above any hand, and a bound on the work one file can ask for
+MAX_POLYGON_POINTS = 4096
+MAX_OUTLINE = 100_000  # pixels walked along a closed outline (the longest side of each edge)
+EDGE_TOLERANCE = 0.01  # of the photo's side (at least 1 px) a point may lie outside the photo
 
 
 def binarize_mask(mask: np.ndarray) -> np.ndarray:
@@ -34,12 +42,14 @@ def binarize_mask(mask: np.ndarray) -> np.ndarray:
         mask = mask[..., :3].max(axis=2) if mask.shape[2] >= 3 else mask[..., 0]
     if mask.ndim != 2:
         raise ValueError(f"mask must be (H, W) or (H, W, C), got shape {mask.shape}")
+    if mask.dtype.kind == "f" and not np.isfinite(mask).all():  # NaN would pick the 16-bit scale: no nails
+        raise ValueError("the mask holds values that are not finite numbers (NaN or infinity)")
     peak = float(mask.max()) if mask.size else 0.0
     # 0/1 masks are common (many tools write label ids); anything above 1 is an intensity.
     full_scale = 1.0 if peak <= 1.0 else (255.0 if peak <= 255.0 else 65535.0)
     if np.issubdtype(mask.dtype, np.integer):
         return mask > int(full_scale) // 2  # integer compare: no float copy of the mask
-    return mask.astype(np.float32) * 2.0 > full_scale
+    return mask > full_scale / 2.0  # halving is exact: no float copy, no overflow
 
 
 def split_touching(component: np.ndarray, min_peak_ratio: float = 0.5) -> list[np.ndarray]:
@@ -115,11 +125,114 @@ def polygons_to_instances(polygons_xy: list[np.ndarray], height: int, width: int
 
     Returns:
         List of ``(H, W)`` bool masks (possibly empty where a polygon is degenerate).
+
+    Raises:
+        ValueError: a polygon that :func:`check_polygon` refuses; nothing reaches pycocotools then.
     """
     if not polygons_xy:
         return []
-    rles = mask_utils.frPyObjects([np.asarray(p, np.float64).ravel().tolist() for p in polygons_xy], height, width)
+    checked = [check_polygon(p, height, width).ravel().tolist() for p in polygons_xy]
+    rles = mask_utils.frPyObjects(checked, height, width)
     return list(mask_utils.decode(rles).astype(bool).transpose(2, 0, 1))
+
+
+def check_polygon(polygon_xy, height: int, width: int) -> np.ndarray:
+    """A polygon as ``(K, 2) float64`` pixels, if pycocotools can rasterise it within bounded memory.
+
+    Args:
+        polygon_xy: ``(K, 2)`` xy points, or COCO's flat ``[x1, y1, x2, y2, ...]``.
+        height, width: the photo's size.
+
+    Raises:
+        ValueError: fewer than 3 or more than :data:`MAX_POLYGON_POINTS` points, a coordinate that
+            is not a finite number, a point more than :data:`EDGE_TOLERANCE` outside the photo, or
+            an outline longer than :data:`MAX_OUTLINE` pixels. The message says which.
+    """
+    xy = np.asarray(polygon_xy, np.float64)
+    if xy.size % 2:
+        raise ValueError(f"a polygon needs an even number of coordinates, got {xy.size}")
+    xy = xy.reshape(-1, 2)
+    if not 3 <= len(xy) <= MAX_POLYGON_POINTS:
+        raise ValueError(f"a polygon needs 3 to {MAX_POLYGON_POINTS} points, got {len(xy)}")
+    if not np.isfinite(xy).all():
+        raise ValueError(f"{xy[~np.isfinite(xy)][0]} is not a finite number")
+    size = np.array([width, height], np.float64)
+    slack = np.maximum(1.0, EDGE_TOLERANCE * size)
+    outside = ((xy < -slack) | (xy > size + slack)).any(axis=1)
+    if outside.any():
+        x, y = xy[outside][0]
+        raise ValueError(f"point ({x:.6g}, {y:.6g}) lies outside the {width}x{height} photo")
+    outline = np.abs(np.diff(xy, axis=0, append=xy[:1])).max(axis=1).sum()
+    if outline > MAX_OUTLINE:
+        raise ValueError(f"the polygon's outline is {outline:.0f} px long; the limit is {MAX_OUTLINE}")
+    return xy
+
+
+def rle_counts(counts: str) -> list[int]:
+    """The run lengths of COCO's compressed RLE string, decoded as pycocotools' ``rleFrString`` does.
+
+    pycocotools reads past the end of a string whose last character continues a number, and
+    decodes runs into a buffer of ``H * W`` bytes without checking their sum: the runs are read
+    here first so that :func:`check_rle` can refuse such strings.
+
+    Raises:
+        ValueError: a character outside ``'0'..'o'``, a number cut off or too long.
+    """
+    values: list[int] = []
+    value = shift = 0
+    for char in counts:
+        code = ord(char) - 48
+        if not 0 <= code < 64 or shift >= 35:  # 7 characters hold any 32-bit run and its sign
+            raise ValueError("the RLE counts string is not pycocotools' encoding")
+        value |= (code & 0x1F) << shift
+        shift += 5
+        if code & 0x20:  # more characters of this number follow
+            continue
+        if code & 0x10:  # negative: sign-extend
+            value |= -1 << shift
+        if len(values) > 2:  # runs after the third are stored as differences
+            value += values[-2]
+        values.append(value)
+        value = shift = 0
+    if shift:
+        raise ValueError("the RLE counts string ends inside a number")
+    return values
+
+
+def check_rle(rle, height: int, width: int) -> dict:
+    """A COCO RLE segmentation (compressed or not) that decodes to exactly one ``height x width`` mask.
+
+    Raises:
+        ValueError: not ``{"size": [height, width], "counts": str | list[int]}``, or runs that are
+            negative or do not add up to ``height * width`` pixels.
+    """
+    if not isinstance(rle, dict) or rle.get("size") != [height, width]:
+        raise ValueError(f"an RLE segmentation must be {{'size': [{height}, {width}], 'counts': ...}}")
+    counts = rle.get("counts")
+    if isinstance(counts, str):
+        runs = rle_counts(counts)
+    elif isinstance(counts, list) and all(isinstance(c, int) and not isinstance(c, bool) for c in counts):
+        runs = counts
+    else:
+        raise ValueError("RLE counts must be a string or a list of integers")
+    if any(run < 0 for run in runs) or sum(runs) != height * width:
+        raise ValueError(f"the RLE runs do not cover the {width}x{height} photo exactly")
+    return rle
+
+
+def segmentation_to_mask(segmentation, height: int, width: int) -> np.ndarray:
+    """The ``(H, W) bool`` mask of a COCO segmentation: polygons, or RLE compressed or not.
+
+    The inverse of :func:`encode_segmentation`; give it only segmentations that were checked
+    (:func:`check_polygon`, :func:`check_rle`), as ``nailseg.json_files.check_coco`` does.
+    """
+    if isinstance(segmentation, list):  # polygons: one RLE each, merged
+        rle = mask_utils.merge(mask_utils.frPyObjects(segmentation, height, width))
+    elif isinstance(segmentation.get("counts"), list):  # uncompressed RLE: compressed first
+        rle = mask_utils.frPyObjects(segmentation, height, width)
+    else:
+        rle = segmentation
+    return mask_utils.decode(rle).astype(bool)
 
 
 def _box_xyxy(instance: np.ndarray) -> tuple[int, int, int, int]:

@@ -27,9 +27,10 @@ import numpy as np
 
 from nailseg import convert
 from nailseg.files import write_atomic
-from nailseg.images import IMAGE_EXTENSIONS, MAX_PIXELS, ImageError, exif_size
+from nailseg.images import IMAGE_EXTENSIONS, MAX_PIXELS, ImageError, exif_size, load_image_rgb
+from nailseg.json_files import check_coco, read_json
 
-MAX_NAILS = 500  # per photo: far above any hand, and a bound on the work one file can ask for
+MAX_LABEL_BYTES = 4 * 2**20  # a YOLO label file; the largest in the data sets here is 2 KB
 
 
 @dataclass(frozen=True)
@@ -138,19 +139,28 @@ def discover(root: str | Path) -> tuple[str, list[Sample], list[tuple[str, str]]
 
 
 def _pair(root: Path, images_dir: Path, labels_dir: Path, label_exts: set[str], kind: str):
-    images = {(_group_of(p, images_dir), p.stem): p for p in _files(images_dir, IMAGE_EXTENSIONS)}
-    labels = {(_group_of(p, labels_dir), p.stem): p for p in _files(labels_dir, label_exts)}
+    images, labels = _by_stem(images_dir, IMAGE_EXTENSIONS), _by_stem(labels_dir, label_exts)
     samples, problems = [], []
-    for key, image in images.items():
-        if key in labels:
-            rel = (image.relative_to(root).as_posix(), labels[key].relative_to(root).as_posix())
+    for key in [*images, *(k for k in labels if k not in images)]:  # in photo order, as found
+        photos, label_paths = images.get(key, []), labels.get(key, [])
+        if len(photos) == 1 and len(label_paths) == 1:
+            rel = (photos[0].relative_to(root).as_posix(), label_paths[0].relative_to(root).as_posix())
             samples.append(Sample(*rel, group=key[0], kind=kind))
+            continue
+        if len(photos) > 1 or len(label_paths) > 1:  # which label goes with which photo cannot be told
+            problem = f"one name for several files ({', '.join(p.name for p in photos + label_paths)})"
         else:
-            problems.append((image.relative_to(root).as_posix(), "photo without a label"))
-    for key, label in labels.items():
-        if key not in images:
-            problems.append((label.relative_to(root).as_posix(), "label without a photo"))
+            problem = "photo without a label" if photos else "label without a photo"
+        problems += [(path.relative_to(root).as_posix(), problem) for path in photos or label_paths]
     return samples, problems
+
+
+def _by_stem(folder: Path, extensions: set[str]) -> dict[tuple[str, str], list[Path]]:
+    """The files under ``folder`` with these extensions, by ``(group, stem)``: how photos meet labels."""
+    found: dict[tuple[str, str], list[Path]] = {}
+    for path in _files(folder, extensions):
+        found.setdefault((_group_of(path, folder), path.stem), []).append(path)
+    return found
 
 
 def _check_pixels(width: int, height: int, what: str) -> None:
@@ -180,18 +190,31 @@ def load_mask(path: Path) -> np.ndarray:
 
 
 def load_yolo_polygons(path: Path, width: int, height: int) -> list[np.ndarray]:
-    """Read a YOLO-seg label file into ``(K, 2)`` pixel-coordinate polygons (class ids ignored)."""
+    """Read a YOLO-seg label file into ``(K, 2)`` pixel-coordinate polygons (class ids ignored).
+
+    Each polygon is checked as it is parsed (:func:`nailseg.convert.check_polygon`): finite,
+    within the photo, bounded in points and outline.
+
+    Raises:
+        ValueError: the file is too large or has too many polygons, or a line that is not a
+            polygon the photo can hold; the message names the line.
+    """
+    if path.stat().st_size > MAX_LABEL_BYTES:
+        raise ValueError(f"the label file is larger than {MAX_LABEL_BYTES // 2**20} MiB")
     polygons = []
     for line_no, line in enumerate(path.read_text().splitlines(), start=1):
         values = line.split()
         if not values:
             continue
-        if len(polygons) == MAX_NAILS:
-            raise ValueError(f"more than {MAX_NAILS} polygons")
-        coords = np.array(values[1:], dtype=np.float64)
-        if len(coords) < 6 or len(coords) % 2:
-            raise ValueError(f"line {line_no}: a polygon needs an even number of >= 6 coordinates")
-        polygons.append(coords.reshape(-1, 2) * (width, height))
+        if len(polygons) == convert.MAX_NAILS:
+            raise ValueError(f"more than {convert.MAX_NAILS} polygons")
+        try:
+            coords = np.array(values[1:], dtype=np.float64)
+            to_pixels = np.resize(np.array([width, height], np.float64), len(coords))
+            with np.errstate(over="ignore"):  # 1e308 * width is inf: refused as such
+                polygons.append(convert.check_polygon(coords * to_pixels, height, width))
+        except ValueError as err:
+            raise ValueError(f"line {line_no}: {err}") from None
     return polygons
 
 
@@ -210,6 +233,8 @@ def convert_sample(root: Path, sample: Sample, min_area: int, split_touching: bo
         out.sha1 = hashlib.sha1(data).hexdigest()
         out.width, out.height = exif_size(image_path)
         _check_pixels(out.width, out.height, "the photo")
+        # Decoded once (a JPEG at 1/8 scale): a truncated photo is a problem here, not in training.
+        load_image_rgb(data, max_side=64)
         if sample.kind == "yolo":
             polygons = load_yolo_polygons(label_path, out.width, out.height)
             instances = (m for p in polygons for m in convert.polygons_to_instances([p], out.height, out.width))
@@ -219,7 +244,7 @@ def convert_sample(root: Path, sample: Sample, min_area: int, split_touching: bo
             if mask.shape[:2] != (out.height, out.width):
                 raise ValueError(f"size mismatch: photo {out.width}x{out.height}, mask {mask.shape[1]}x{mask.shape[0]}")
             binary = convert.binarize_mask(mask)
-            instances = convert.mask_to_instances(binary, min_area, split_touching, max_instances=MAX_NAILS)
+            instances = convert.mask_to_instances(binary, min_area, split_touching, max_instances=convert.MAX_NAILS)
         out.annotations = [convert.instance_to_annotation(m) for m in instances]
     except (OSError, ValueError) as err:
         out.problem = str(err) or type(err).__name__
@@ -356,21 +381,39 @@ def convert_dataset(
 def save_report(report: ConversionReport, out_dir: str | Path) -> list[Path]:
     """Write ``train.json``, ``valid.json`` and ``manifest.csv`` into ``out_dir``, each atomically.
 
-    Nothing else in ``out_dir`` is touched.
+    Nothing else in ``out_dir`` is touched. The files get the mode any new file gets (0644 under
+    the usual umask), not the temporary file's 0600: others who read the data can read them.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    mode = 0o666 & ~_umask()
     written = []
     for name, text in (
         ("train.json", json.dumps(report.train)),
         ("valid.json", json.dumps(report.valid)),
         ("manifest.csv", report.manifest.to_csv(index=False)),
     ):
-        write_atomic(out_dir / name, text)
+        os.chmod(write_atomic(out_dir / name, text), mode)
         written.append(out_dir / name)
     return written
 
 
+def _umask() -> int:
+    """This process's umask, read without setting it (``os.umask`` sets it for every thread at once)."""
+    try:
+        status = Path("/proc/self/status").read_text()
+    except OSError:
+        return 0o022
+    umask = next((line.split()[1] for line in status.splitlines() if line.startswith("Umask:")), "022")
+    return int(umask, 8)
+
+
 def load_coco(path: str | Path) -> dict:
-    """Read a COCO json written by :func:`save_report`."""
-    return json.loads(Path(path).read_text())
+    """Read a COCO instances file (``nailseg convert``'s or a labelling tool's), its shape checked.
+
+    Raises:
+        ValueError: not JSON, or not a COCO file NailSeg can use; the message names the file and
+            the place in it (see :func:`nailseg.json_files.check_coco`).
+        OSError: the file cannot be read.
+    """
+    return check_coco(read_json(path), str(path))

@@ -118,15 +118,26 @@ def evaluate_dataset(segmenter, gt: dict, img_dir: str | Path, thresholds=SWEEP,
     from tqdm.auto import tqdm
 
     category_id = nail_category_id(gt)
+    paths = photo_paths(gt, img_dir)
     thresholds = sorted({*thresholds, segmenter.score_thr})
     results, tallies = [], {k: Tally() for k in thresholds}
-    for image in tqdm(gt["images"], unit="photo", disable=not progress):
-        detections, to_photo = segmenter.detect(load_image_rgb(Path(img_dir) / image["file_name"]))
+    for image, path in tqdm(list(zip(gt["images"], paths)), unit="photo", disable=not progress):
+        detections, to_photo = segmenter.detect(load_image_rgb(path))
         results += coco_results(to_photo(shown_nails(detections, 0.0, segmenter.dedup)), image["id"], category_id)
         truth = coco_nails(gt, image)
         for k in thresholds:
             tallies[k].add(to_photo(shown_nails(detections, k, segmenter.dedup)), truth)
     return Evaluation(results, tallies)
+
+
+def photo_paths(gt: dict, img_dir: str | Path) -> list[Path]:
+    """The photos of ``gt`` under ``img_dir``; raises FileNotFoundError unless every one is there
+    (checked before the model runs on the first, not halfway through an evaluation)."""
+    paths = [Path(img_dir) / image["file_name"] for image in gt["images"]]
+    missing = [p for p in paths if not p.is_file()]
+    if missing:
+        raise FileNotFoundError(f"{len(missing)} photo(s) of the ground truth not found, e.g. {missing[0]}")
+    return paths
 
 
 def threshold_ground_truth(ann_file: str | Path, img_dir: str | Path | None = None, limit: int | None = None):
@@ -197,17 +208,13 @@ def coco_ap(gt: dict, results: list[dict]) -> dict:
 
 def coco_nails(coco: dict, image: dict) -> Nails:
     """The annotations of one COCO image as ``Nails`` (score 1), in reading order."""
-    from pycocotools import mask as mask_utils
+    from nailseg.convert import segmentation_to_mask
 
     height, width = image["height"], image["width"]
     anns = [a for a in coco["annotations"] if a["image_id"] == image["id"]]
     if not anns:
         return Nails.empty(height, width)
-    masks = []
-    for ann in anns:
-        seg = ann["segmentation"]
-        rle = mask_utils.merge(mask_utils.frPyObjects(seg, height, width)) if isinstance(seg, list) else seg
-        masks.append(mask_utils.decode(rle).astype(bool))
+    masks = [segmentation_to_mask(ann["segmentation"], height, width) for ann in anns]
     boxes = np.array([[x, y, x + w, y + h] for x, y, w, h in (a["bbox"] for a in anns)], np.float32)
     return Nails(boxes, np.stack(masks), np.ones(len(anns), np.float32)).in_reading_order()
 

@@ -135,16 +135,22 @@ def hub_files(
 
     The weights, the ``.json`` config with the same stem beside them, and ``README.md`` beside them
     when there is one (``checkpoints/README.md`` for the bundled model), else a generated card.
+    Only safetensors and JSON go: weights with another suffix (a pickled ``.pth``) are refused,
+    and so is a config the app would refuse to load.
 
     Raises:
-        WeightsError: the weights or their config are missing.
+        WeightsError: the weights or their config are missing, or not what they must be.
     """
+    from nailseg.weights import check_safetensors, read_inference_config
+
     weights = Path(weights)
     config = weights.with_suffix(".json")
     if not weights.is_file():
         raise WeightsError(f"weights file not found: {weights}")
+    check_safetensors(weights)
     if not config.is_file():
         raise WeightsError(f"config {config.name} not found beside {weights}")
+    read_inference_config(config)
     card_file = weights.parent / CARD_NAME
     if card_file.is_file():
         card: bytes | Path = card_file

@@ -21,6 +21,7 @@ import numpy as np
 
 from nailseg import draw
 from nailseg.files import write_atomic
+from nailseg.json_files import check_results, check_shard, read_json
 from nailseg.result import Nails
 
 PREDICTIONS, CROPS_CSV, SHARDS = "predictions.json", "crops.csv", ".shards"
@@ -133,9 +134,13 @@ def write_crops_csv(out_dir: Path, rows: list[dict]) -> Path:
 
 
 def read_predictions(out_dir: Path) -> list[dict]:
-    """The results a run wrote to ``out_dir/predictions.json`` (empty when there is none)."""
+    """The results a run wrote to ``out_dir/predictions.json`` (empty when there is none).
+
+    Raises:
+        ValueError: the file is not a list of results as :func:`photo_results` makes them.
+    """
     path = Path(out_dir) / PREDICTIONS
-    return json.loads(path.read_text()) if path.is_file() else []
+    return check_results(read_json(path), str(path)) if path.exists() else []
 
 
 def read_crops_csv(out_dir: Path) -> list[dict]:
@@ -161,7 +166,8 @@ def write_shard(out_dir: Path, rank: int, photos: list[dict]) -> Path:
 
 def read_shards(out_dir: Path) -> list[dict]:
     """Every worker's photos (see :func:`write_shard`), in no particular order; empty when none."""
-    return [p for path in sorted((Path(out_dir) / SHARDS).glob("rank-*.json")) for p in json.loads(path.read_text())]
+    paths = sorted((Path(out_dir) / SHARDS).glob("rank-*.json"))
+    return [photo for path in paths for photo in check_shard(read_json(path), str(path))]
 
 
 def remove_shards(out_dir: Path) -> None:

@@ -19,7 +19,6 @@ Files are written by :mod:`nailseg.outputs` only.
 from __future__ import annotations
 
 import os
-import signal
 import sys
 import time
 from collections.abc import Callable, Iterable
@@ -58,6 +57,7 @@ def collect_images(inputs: Iterable[str | Path], exclude: str | Path | None = No
     A file is taken as given, whatever its extension (an unreadable one is reported when read);
     a folder gives its files with an :data:`IMAGE_EXTENSIONS` suffix (any case), recursively,
     sorted by path, leaving out anything under ``exclude`` (the output folder).
+
     """
     names: list[str] = []
     skip = Path(exclude).resolve() if exclude else None
@@ -188,9 +188,6 @@ def run_worker(inputs: Iterable[str | Path], out_dir: Path, settings: Settings, 
     kept = previous_results(out_dir, photos, shards=False) if resume else {}
     share = [p for p in photos if p.name not in kept][rank::world]
     device = f"cuda:{os.environ.get('LOCAL_RANK', '0')}" if distributed.gpu_count() else "cpu"
-    # torchrun stops the workers with SIGTERM (one failed, or Ctrl-C): exit through `finally`,
-    # which saves the shard, so that --resume skips what was done.
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
 
     def save(done: list[dict]) -> None:
         outputs.write_shard(out_dir, rank, done)
@@ -240,6 +237,8 @@ def _segment(
         for photo in bar:
             entry = _entry(photo.name, photo.image_id)
             try:
+                if not Path(photo.name).is_file():  # load_image_rgb would say "no longer on the server"
+                    raise ImageError("not found")
                 rgb = load_image_rgb(photo.name)
             except ImageError as err:
                 tqdm.write(f"problem: {photo.name}: {err}", file=sys.stderr)

@@ -7,20 +7,23 @@
 from __future__ import annotations
 
 import io
-import json
 import math
 import warnings
 from pathlib import Path
 
+from nailseg.datasets import load_coco
 from nailseg.distributed import configure, init_cpu_process_group
 from nailseg.files import write_atomic
 from nailseg.hub import reachable
 from nailseg.paths import DEFAULT_CONFIG
 from nailseg.precision import choose_precision, register_optim_wrapper
 
+MAX_LR = 1.0  # the configs here train at 0.02 (SGD); above 1 any of them diverges
+
 
 def _count_images(ann_file: Path) -> tuple[int, int, str]:
-    coco = json.loads(ann_file.read_text())
+    """Photos, annotated photos and the recorded photos folder of a COCO file, its shape checked."""
+    coco = load_coco(ann_file)
     annotated = len({a["image_id"] for a in coco["annotations"]})
     return len(coco["images"]), annotated, coco.get("info", {}).get("dataset_root", "")
 
@@ -86,6 +89,10 @@ def build_config(
     for name, value in (("epochs", epochs), ("batch size", batch_size), ("learning rate", lr), ("minutes", minutes)):
         if value is not None and not value > 0:  # 0 would otherwise mean "the config's own"
             raise ValueError(f"{name} must be positive, got {value}")
+        if value is not None and not math.isfinite(value):
+            raise ValueError(f"{name} must be a finite number, got {value}")
+    if lr is not None and lr > MAX_LR:
+        raise ValueError(f"learning rate must be at most {MAX_LR:g}, got {lr}")
     config, data = Path(config), Path(data).resolve()
     train_json, valid_json = data / "train.json", data / "valid.json"
     if not train_json.is_file():
@@ -177,8 +184,12 @@ def _loadable(load_from: str | None, work_dir: Path) -> str | None:
     """``load_from`` as mmengine can read it with ``weights_only=True``.
 
     Exported ``.safetensors`` weights become a weights-only ``.pth`` in ``work_dir``; a training
-    checkpoint (``.pth``) is read as it is, through :func:`nailseg.weights.allow_mmengine_checkpoints`.
+    checkpoint (``.pth``) is read as it is, through :func:`nailseg.weights.allow_mmengine_checkpoints`,
+    once read here first so that anything but data is refused with a message of ours (mmengine
+    never runs a config it loads from; only resuming would, see :func:`nailseg.weights.check_resumable`).
     """
+    from nailseg.weights import load_checkpoint
+
     if not load_from or str(load_from).startswith(("http://", "https://")):
         return load_from
     if not Path(load_from).is_file():
@@ -187,6 +198,7 @@ def _loadable(load_from: str | None, work_dir: Path) -> str | None:
             "from with --load-from"
         )
     if not str(load_from).endswith(".safetensors"):
+        load_checkpoint(load_from)
         return load_from
     import torch
 
@@ -212,14 +224,16 @@ def train(cfg, resume: bool = False) -> Path:
 
     import nailseg.model  # noqa: F401 - registers the backbone and mask head
     import nailseg.schedule  # noqa: F401 - registers TimeBudgetHook (--minutes)
+    from nailseg.weights import allow_mmengine_checkpoints, check_resumable
 
     register_optim_wrapper()  # CpuBf16OptimWrapper, for --precision bf16
-    from nailseg.weights import allow_mmengine_checkpoints
 
     # mmengine resumes from the checkpoint its ``last_checkpoint`` file names; with none saved yet
     # (a run stopped before its first checkpoint) there is nothing to resume: start as asked,
     # from ``load_from``, instead of from scratch.
     cfg.resume = bool(resume) and (Path(cfg.work_dir) / "last_checkpoint").is_file()
+    if cfg.resume:
+        check_resumable((Path(cfg.work_dir) / "last_checkpoint").read_text().strip())
     cfg.load_from = None if cfg.resume else _loadable(cfg.get("load_from"), Path(cfg.work_dir))
     # mmengine reads checkpoints with torch.load's default, weights_only=True: name the plain
     # data types its own checkpoints hold, so no pickle is ever trusted with code.

@@ -7,11 +7,17 @@ A ``.py`` config runs Python when mmengine reads it, so it is accepted only wher
 named the weights owns the machine (``nailseg`` on the command line, ``$NAILSEG_WEIGHTS``), never
 from the Hub or the web app. Precedence everywhere: an explicit spec > ``$NAILSEG_WEIGHTS`` >
 the bundled model.
+
+A training checkpoint (``.pth``, from this project or a model zoo) is read weights-only, and the
+config mmengine dumped into it (``meta.cfg``) is read as data by :func:`read_dumped_config`,
+never executed: exporting someone else's checkpoint runs none of its code.
 """
 
 from __future__ import annotations
 
+import ast
 import json
+import math
 import os
 import re
 from dataclasses import dataclass
@@ -139,7 +145,7 @@ def _check_data(node, where: str = "config") -> None:
             # mmengine's own keys (``_scope_`` imports ``<scope>.registry``): only mmdet's scope.
             if not isinstance(key, str) or (key.startswith("_") and (key, value) != ("_scope_", "mmdet")):
                 raise WeightsError(f"{where}: key {str(key)[:40]!r} is not accepted")
-            if key == "type" and value not in ALLOWED_TYPES:
+            if key == "type" and (not isinstance(value, str) or value not in ALLOWED_TYPES):
                 raise WeightsError(f"{where}: type {str(value)[:60]!r} is not one this project builds")
             _check_data(value, f"{where}.{key}")
     elif isinstance(node, list):
@@ -204,13 +210,36 @@ def load_model_config(path: str | Path):
         cfg = Config.fromfile(str(path), import_custom_modules=False)
         data = {"model": cfg.model.to_dict(), "test_pipeline": [dict(s) for s in cfg.test_dataloader.dataset.pipeline]}
         return Config(inference_config(json.loads(json.dumps(data))))
-    if path.stat().st_size > MAX_CONFIG_BYTES:
-        raise WeightsError(f"config {path.name} is larger than {MAX_CONFIG_BYTES // 1024} KiB")
+    return Config(read_inference_config(path))
+
+
+def read_inference_config(path: str | Path) -> dict:
+    """:func:`inference_config` of a ``.json`` config file; messages name the file."""
+    data = read_config_data(path)
     try:
-        data = json.loads(path.read_text())
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise WeightsError(f"config {path.name} is not JSON ({err.__class__.__name__})") from err
-    return Config(inference_config(data))
+        return inference_config(data)
+    except WeightsError as err:
+        raise WeightsError(f"{Path(path).name}: {err}") from None
+
+
+def read_config_data(path: str | Path) -> dict:
+    """A ``.json`` config as plain data: standard JSON (finite numbers), at most ``MAX_CONFIG_BYTES``.
+
+    Raises:
+        WeightsError: unreadable, too large, not JSON, or not an object; the message names the file.
+    """
+    from nailseg.json_files import read_json
+
+    path = Path(path)
+    try:
+        data = read_json(path, f"config {path.name}", MAX_CONFIG_BYTES)
+    except OSError as err:
+        raise WeightsError(f"config {path.name} cannot be read ({err.strerror or type(err).__name__})") from None
+    except ValueError as err:
+        raise WeightsError(str(err)) from None
+    if not isinstance(data, dict):
+        raise WeightsError(f"config {path.name} is not a JSON object")
+    return data
 
 
 # --- checkpoints and weights files --------------------------------------------------------------
@@ -256,11 +285,114 @@ def load_checkpoint(path: str | Path) -> dict:
     import torch
 
     allow_mmengine_checkpoints()
+    name = Path(path).name
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - any refusal: the message is what the user needs
-        name = Path(path).name
         raise WeightsError(f"{name} is not a weights-only mmengine checkpoint ({err.__class__.__name__})") from None
+    if not isinstance(ckpt, dict):
+        raise WeightsError(f"{name} is not an mmengine checkpoint (it holds a {type(ckpt).__name__}, not a dict)")
+    return ckpt
+
+
+def check_resumable(path: str | Path) -> None:
+    """Refuse a checkpoint whose ``meta.config`` mmengine's ``Runner.resume`` would run as Python.
+
+    mmengine writes its config as ``meta.cfg``; ``resume`` still executes ``meta.config`` (an
+    mmcv 1.x key) through ``Config.fromstring(..., '.py')``. Only a hand-made checkpoint has one.
+    """
+    meta = load_checkpoint(path).get("meta")
+    if isinstance(meta, dict) and "config" in meta:
+        raise WeightsError(f"{Path(path).name} carries meta.config, which resuming would run as Python: refused")
+
+
+def read_dumped_config(text, name: str = "checkpoint") -> dict:
+    """A config as mmengine dumps it into a checkpoint (``meta.cfg``), read as data and never run.
+
+    mmengine writes one ``name = value`` line per key, values made of literals, lists, tuples,
+    ``{...}`` and ``dict(key=value)``. Only those are read: any other name, call, attribute,
+    operator or import is refused, so a checkpoint from elsewhere cannot run code through its
+    config (``Config.fromstring(text, '.py')`` would execute it).
+
+    Raises:
+        WeightsError: the text is not such a config; the message names the checkpoint and the line.
+    """
+    if not isinstance(text, str) or not text.strip():
+        raise WeightsError(f"{name} carries no config (meta.cfg); was it written by mmengine?")
+    if len(text) > MAX_CONFIG_BYTES:
+        raise WeightsError(f"{name}: meta.cfg is larger than {MAX_CONFIG_BYTES // 1024} KiB")
+    try:
+        data = {}
+        for statement in ast.parse(text).body:
+            match statement:
+                case ast.Assign(targets=[ast.Name(id=key)], value=value):
+                    data[key] = _literal(value, name)
+                case _:
+                    raise WeightsError(f"{name}: meta.cfg line {statement.lineno} is not `name = value`")
+        return data
+    except (SyntaxError, ValueError, RecursionError, MemoryError) as err:
+        raise WeightsError(f"{name}: meta.cfg is not a config mmengine dumped ({err.__class__.__name__})") from None
+
+
+def _literal(node: ast.AST, name: str):
+    """The value of one node of a dumped config: plain data only (see :func:`read_dumped_config`)."""
+    match node:
+        case ast.Constant(value=str() | bool() | int() | None as value):
+            return value
+        case ast.Constant(value=float() as value) if math.isfinite(value):
+            return value
+        case ast.UnaryOp(op=ast.USub(), operand=ast.Constant(value=int() | float() as value) as operand):
+            if not isinstance(value, bool):
+                return -_literal(operand, name)
+        case ast.List(elts=items):
+            return [_literal(item, name) for item in items]
+        case ast.Tuple(elts=items):
+            return tuple(_literal(item, name) for item in items)
+        case ast.Dict(keys=keys, values=values) if all(isinstance(k, ast.Constant) for k in keys):
+            return {_key(k, name): _literal(v, name) for k, v in zip(keys, values)}
+        case ast.Call(func=ast.Name(id="dict"), args=[], keywords=keywords) if all(k.arg for k in keywords):
+            return {k.arg: _literal(k.value, name) for k in keywords}
+    raise WeightsError(f"{name}: meta.cfg line {node.lineno}: {ast.unparse(node)[:60]!r} is not plain data")
+
+
+def _key(node: ast.Constant, name: str) -> str | int:
+    if isinstance(node.value, str) or (isinstance(node.value, int) and not isinstance(node.value, bool)):
+        return node.value
+    raise WeightsError(f"{name}: meta.cfg line {node.lineno}: a key must be a string or an integer")
+
+
+def _portable_config(data: dict) -> dict:
+    """A training config as its model's users need it: no data paths of this machine, no work dir,
+    nothing about how the run was launched (processes, DDP), JSON types (tuples become lists)."""
+    for loader in ("train_dataloader", "val_dataloader", "test_dataloader"):
+        dataset = data[loader].get("dataset") if isinstance(data.get(loader), dict) else None
+        if isinstance(dataset, dict):
+            dataset.update(data_root="", ann_file=Path(str(dataset.get("ann_file", ""))).name)
+    for evaluator in ("val_evaluator", "test_evaluator"):
+        if isinstance(data.get(evaluator), dict) and "ann_file" in data[evaluator]:
+            data[evaluator]["ann_file"] = Path(str(data[evaluator]["ann_file"])).name
+    data.update(work_dir=None, load_from=None)
+    for key in ("custom_imports", "launcher", "model_wrapper_cfg"):  # nailseg registers its parts itself
+        data.pop(key, None)
+    return json.loads(json.dumps(data))
+
+
+def _export_paths(checkpoint: Path, out: Path) -> tuple[Path, Path]:
+    """``(weights, config)`` that :func:`export_weights` will write, refused if writing them loses data.
+
+    Checked before anything is read or written: the weights are a ``.safetensors`` file, neither
+    path is a folder, and neither is the checkpoint itself (``--out`` given the checkpoint's name
+    would replace a training run's only copy).
+    """
+    if out.suffix != ".safetensors":
+        raise WeightsError(f"the weights to write must be a .safetensors file, got {out.name}")
+    config = out.with_suffix(".json")
+    for path in (out, config):
+        if path.is_dir():
+            raise WeightsError(f"{path} is a folder: name the weights file to write (NAME.safetensors)")
+        if path.exists() and Path(checkpoint).exists() and path.samefile(checkpoint):
+            raise WeightsError(f"{path.name} is the checkpoint being exported: writing it would replace it")
+    return out, config
 
 
 def export_weights(checkpoint: str | Path, out: str | Path, half: bool = True, score_thr: float | None = None) -> Path:
@@ -268,46 +400,42 @@ def export_weights(checkpoint: str | Path, out: str | Path, half: bool = True, s
 
     Only the model's ``state_dict`` is kept (no optimizer, no history); floating tensors are stored
     as float16 when ``half`` (half the size). The config is the one the checkpoint was trained with,
-    as JSON data, with the machine's data paths and work dir cleared. ``score_thr``, when given, is
-    recorded as the model's default threshold (``model.test_cfg.rcnn.default_score_thr``).
+    read as data (:func:`read_dumped_config`, nothing in it runs), with the machine's data paths
+    and work dir cleared. ``score_thr``, when given, is recorded as the model's default threshold
+    (``model.test_cfg.rcnn.default_score_thr``). Everything is checked before either file is
+    written, and each is written atomically.
+
+    Raises:
+        WeightsError: an output that would lose data, a checkpoint that is not data or carries no
+            usable config, a threshold out of range.
     """
     import torch
-    from mmengine.config import Config
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     from nailseg.files import write_atomic
 
+    checkpoint = Path(checkpoint)
+    out, config = _export_paths(checkpoint, Path(out))
     if score_thr is not None:
-        _checked_score_thr(score_thr)  # refuse a bad value before writing anything
+        _checked_score_thr(score_thr)  # refuse a bad value before reading anything
     ckpt = load_checkpoint(checkpoint)
-    state = ckpt.get("state_dict", ckpt)
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    cfg_text = ckpt.get("meta", {}).get("cfg")
-    if not cfg_text:
-        raise WeightsError(f"{Path(checkpoint).name} carries no config (meta.cfg); was it written by mmengine?")
-    cfg = Config.fromstring(cfg_text, ".py")  # our own run's config, as mmengine dumped it
-    for loader in ("train_dataloader", "val_dataloader", "test_dataloader"):
-        if cfg.get(loader):
-            cfg[loader].dataset.update(data_root="", ann_file=Path(cfg[loader].dataset.ann_file).name)
-    for evaluator in ("val_evaluator", "test_evaluator"):
-        if cfg.get(evaluator):
-            cfg[evaluator].ann_file = Path(cfg[evaluator].ann_file).name
-    cfg.work_dir = cfg.load_from = None
-    data = json.loads(json.dumps(cfg.to_dict(), default=str))
-    data.pop("custom_imports", None)  # nailseg registers its parts itself
-    for key in ("launcher", "model_wrapper_cfg"):  # how a training was run (processes, DDP), not the model
-        data.pop(key, None)
+    meta = ckpt.get("meta") if isinstance(ckpt.get("meta"), dict) else {}
+    data = _portable_config(read_dumped_config(meta.get("cfg"), checkpoint.name))
     if score_thr is not None:
         _set_score_thr(data, score_thr)
     inference_config(data)  # refuse to publish what the app would refuse to load
-    write_atomic(out.with_suffix(".json"), json.dumps(data, indent=1))
+    state = ckpt.get("state_dict", ckpt)
     tensors = {
         k: (v.half() if half and v.is_floating_point() else v).contiguous()
-        for k, v in state.items()
+        for k, v in (state.items() if isinstance(state, dict) else ())
         if isinstance(v, torch.Tensor)
     }
-    save_file(tensors, str(out), metadata={"format": "pt", "source": Path(checkpoint).name})
+    if not tensors:
+        raise WeightsError(f"{checkpoint.name} holds no weights (state_dict)")
+    weights = save(tensors, metadata={"format": "pt", "source": checkpoint.name})
+    out.parent.mkdir(parents=True, exist_ok=True)
+    write_atomic(config, json.dumps(data, indent=1))
+    write_atomic(out, weights)
     return out
 
 
@@ -328,15 +456,31 @@ def record_score_thr(weights: str | Path, score_thr: float) -> Path:
     from nailseg.files import write_atomic
 
     config = Path(weights).with_suffix(".json")
-    try:
-        data = json.loads(config.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise WeightsError(f"{config.name} is not a readable JSON config ({err.__class__.__name__})") from err
-    if not isinstance(data, dict) or not isinstance(data.get("model"), dict):
+    data = read_config_data(config)
+    if not isinstance(data.get("model"), dict):
         raise WeightsError(f"{config.name}: no model in it")
     _set_score_thr(data, score_thr)
     write_atomic(config, json.dumps(data, indent=1))
     return config
+
+
+def check_safetensors(path: str | Path) -> Path:
+    """``path`` if it is a ``.safetensors`` file whose header safetensors reads (no tensor is loaded).
+
+    Raises:
+        WeightsError: another suffix (a pickled ``.pth`` above all), or not a safetensors file.
+    """
+    from safetensors import SafetensorError, safe_open
+
+    path = Path(path)
+    if path.suffix != ".safetensors":
+        raise WeightsError(f"weights must be a .safetensors file, got {path.name}: export a checkpoint first")
+    try:
+        with safe_open(str(path), framework="pt"):
+            pass
+    except (SafetensorError, OSError) as err:
+        raise WeightsError(f"{path.name} is not a readable safetensors file ({err})") from None
+    return path
 
 
 def load_state_dict(path: str | Path) -> dict:

@@ -8,6 +8,8 @@ import tempfile
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, settings
+from hypothesis.configuration import set_hypothesis_home_dir
 from support import PHOTOS, SHARED, AppProcess, weights_spec
 
 # gradio_client downloads answers into $GRADIO_TEMP_DIR and makes a folder per file in the temp
@@ -16,6 +18,16 @@ from support import PHOTOS, SHARED, AppProcess, weights_spec
 SESSION_TMP = Path(tempfile.mkdtemp(prefix="nailseg-tests-"))
 os.environ["GRADIO_TEMP_DIR"] = str(SESSION_TMP / "gradio")
 tempfile.tempdir = str(SESSION_TMP)
+
+
+# Property tests (Hypothesis): a few dozen examples each by default; `--hypothesis-profile thorough`
+# for many more. No example database, and Hypothesis' own files go into this run's folder: the
+# tests leave nothing in the checkout.
+set_hypothesis_home_dir(SESSION_TMP / "hypothesis")
+_PROPERTY = dict(deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
+settings.register_profile("default", max_examples=50, **_PROPERTY)
+settings.register_profile("thorough", max_examples=2000, **_PROPERTY)
+settings.load_profile("default")
 
 
 def pytest_sessionfinish(session, exitstatus):

@@ -175,6 +175,36 @@ def convert_test_photos(out: Path, valid_fraction: float = 0.34) -> Path:
     return out
 
 
+def weights_with(folder: Path, score_thr: float | None = None, name: str = "model") -> Path:
+    """A copy of the bundled model whose config states ``score_thr`` (None: states none)."""
+    import json
+    import shutil
+
+    weights = folder / f"{name}.safetensors"
+    shutil.copyfile(BUNDLED_WEIGHTS, weights)
+    config = json.loads(BUNDLED_WEIGHTS.with_suffix(".json").read_text())
+    rcnn = config["model"]["test_cfg"]["rcnn"]
+    rcnn.pop("default_score_thr", None)
+    if score_thr is not None:
+        rcnn["default_score_thr"] = score_thr
+    weights.with_suffix(".json").write_text(json.dumps(config))
+    return weights
+
+
+def fake_checkpoint(path: Path, cfg: str | None = None, **meta) -> Path:
+    """An mmengine-style checkpoint of the bundled model: its state dict and, as ``meta.cfg``, the
+    default config as mmengine dumps it (or ``cfg``); ``meta`` adds other keys (``config``...)."""
+    import torch
+    from mmengine.config import Config
+
+    from nailseg.paths import DEFAULT_CONFIG
+    from nailseg.weights import load_state_dict
+
+    cfg = cfg if cfg is not None else Config.fromfile(str(DEFAULT_CONFIG), import_custom_modules=False).pretty_text
+    torch.save({"state_dict": load_state_dict(BUNDLED_WEIGHTS), "meta": {"cfg": cfg, **meta}}, path)
+    return path
+
+
 def ddp_probe(data: Path, work_dir: Path, out: Path, iters: int) -> None:
     """One worker of a test training on several processes (run by torchrun: ``support.py ddp-probe``).
 

@@ -291,8 +291,12 @@ def test_plan_numbers_from_1_and_keeps_stems_apart():
     assert [(p.image_id, p.stem) for p in photos] == [(1, "a"), (2, "a-2"), (3, "b")]
 
 
+ONE_PIXEL = {"size": [1, 1], "counts": "01"}  # a 1x1 nail in pycocotools' RLE
+
+
 def _entry(name, image_id, nails):
-    results = [{"file_name": name, "image_id": image_id, "score": 0.5 + k / 10} for k in range(nails)]
+    result = dict(file_name=name, image_id=image_id, category_id=1, bbox=[0, 0, 1, 1], segmentation=ONE_PIXEL)
+    results = [{**result, "score": 0.5 + k / 10} for k in range(nails)]
     rows = [{"photo": name, "nail": k + 1, "score": 0.5 + k / 10} for k in range(nails)]
     return dict(name=name, image_id=image_id, results=results, rows=rows, failed=False)
 

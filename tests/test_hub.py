@@ -15,8 +15,9 @@ from pathlib import Path
 
 import pytest
 from fake_hub import FakeHub
-from support import PHOTOS, AppProcess, free_port, weights_spec
+from support import PHOTOS, AppProcess, free_port, weights_spec, weights_with
 
+from nailseg import cli
 from nailseg.hub import hub_files, model_card
 from nailseg.weights import WeightsError
 
@@ -79,18 +80,18 @@ def test_model_card_without_metrics_has_no_validation_table(metrics):
 
 
 def test_hub_files_picks_weights_config_and_card(tmp_path):
-    weights = tmp_path / "m.safetensors"
-    weights.write_bytes(b"w")
+    weights = weights_with(tmp_path, name="m")
+    (tmp_path / "m.json").rename(tmp_path / "m.json.away")
     with pytest.raises(WeightsError, match=r"config m\.json"):
         hub_files(weights, "me/nails")
-    (tmp_path / "m.json").write_text("{}")
+    (tmp_path / "m.json.away").rename(tmp_path / "m.json")
     (tmp_path / "other.py").write_text("y = 2\n")
     names = [name for name, _ in hub_files(weights, "me/nails")]
     assert names == ["m.safetensors", "m.json", "README.md"]
     generated = dict(hub_files(weights, "me/nails"))["README.md"]
     assert isinstance(generated, bytes) and b"hf://me/nails/m.safetensors" in generated
-    assert b"states no default score threshold" in generated  # "{}" states none
-    (tmp_path / "m.json").write_text('{"model": {"test_cfg": {"rcnn": {"default_score_thr": 0.8}}}}')
+    assert b"states no default score threshold" in generated
+    weights_with(tmp_path, 0.8, name="m")
     assert b"Default score threshold: 0.8, chosen by F1" in dict(hub_files(weights, "me/nails"))["README.md"]
     (tmp_path / "README.md").write_text("# my card\n")
     assert dict(hub_files(weights, "me/nails"))["README.md"] == tmp_path / "README.md"  # the card beside wins
@@ -99,6 +100,53 @@ def test_hub_files_picks_weights_config_and_card(tmp_path):
 def test_hub_files_missing_weights():
     with pytest.raises(WeightsError, match="not found"):
         hub_files("/nonexistent/m.safetensors", "me/nails")
+
+
+def pickled_pth(folder: Path) -> Path:
+    """A pickled checkpoint with a valid ``.json`` config beside it: what push once uploaded."""
+    import torch
+
+    weights_with(folder, name="m")
+    torch.save({"state_dict": {}}, folder / "m.pth")
+    return folder / "m.pth"
+
+
+def not_safetensors_inside(folder: Path) -> Path:
+    weights = weights_with(folder, name="m")
+    weights.write_bytes(b"w")
+    return weights
+
+
+def config_that_is_code(folder: Path) -> Path:
+    weights = weights_with(folder, name="m")
+    weights.with_suffix(".json").write_text("import os")
+    return weights
+
+
+def config_naming_os_system(folder: Path) -> Path:
+    weights = weights_with(folder, name="m")
+    config = weights.with_suffix(".json")
+    config.write_text(config.read_text().replace('"MaskRCNN"', '"os.system"'))
+    return weights
+
+
+HUB_REFUSALS = {
+    "a pickled .pth beside a .json": (pickled_pth, r"must be a \.safetensors file, got m\.pth"),
+    "not safetensors inside": (not_safetensors_inside, r"m\.safetensors is not a readable safetensors file"),
+    "a config that is code": (config_that_is_code, r"config m\.json is not standard JSON"),
+    "a config naming os.system": (config_naming_os_system, r"m\.json: .*'os\.system' is not one this project builds"),
+}
+
+
+@pytest.mark.parametrize("make, message", HUB_REFUSALS.values(), ids=HUB_REFUSALS.keys())
+def test_push_sends_safetensors_and_json_only(tmp_path, make, message, capsys):
+    weights = make(tmp_path)
+    with pytest.raises(WeightsError, match=message):
+        hub_files(weights, "me/nails")
+    # Refused before the Hub is contacted: no network, no token needed.
+    assert cli.main(["push", "--repo-id", "me/nails", "--weights", str(weights)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("error: ") and "Traceback" not in err
 
 
 # --- resolve_weights against the fake Hub ------------------------------------------------------
@@ -206,9 +254,7 @@ def test_push_then_predict_from_the_hub(hub, hf_env, model_files, tmp_path):
 
 
 def test_push_to_an_unreachable_hub_says_so(hf_env, tmp_path):
-    weights = tmp_path / "m.safetensors"
-    weights.write_bytes(b"w")
-    weights.with_suffix(".json").write_text("{}")
+    weights = weights_with(tmp_path, name="m")
     env = {**hf_env, "HF_ENDPOINT": f"http://127.0.0.1:{free_port()}"}
     push = subprocess.run(
         [sys.executable, "-m", "nailseg", "push", "--repo-id", "me/x", "--weights", str(weights)],

@@ -9,12 +9,10 @@ get 0.5.
 from __future__ import annotations
 
 import json
-import shutil
-from pathlib import Path
 
 import pytest
 from support import DATA as TINY_DATA
-from support import convert_test_photos
+from support import convert_test_photos, fake_checkpoint, weights_with
 
 from nailseg import cli
 from nailseg.images import load_image_rgb
@@ -25,24 +23,8 @@ from nailseg.weights import (
     ENV_VAR,
     WeightsError,
     export_weights,
-    load_state_dict,
     record_score_thr,
 )
-
-UNSET = object()
-
-
-def weights_with(tmp_path: Path, score_thr=UNSET, name: str = "model") -> Path:
-    """A copy of the bundled model whose config states ``score_thr`` (UNSET: states none)."""
-    weights = tmp_path / f"{name}.safetensors"
-    shutil.copyfile(BUNDLED_WEIGHTS, weights)
-    config = json.loads(BUNDLED_WEIGHTS.with_suffix(".json").read_text())
-    rcnn = config["model"]["test_cfg"]["rcnn"]
-    rcnn.pop("default_score_thr", None)
-    if score_thr is not UNSET:
-        rcnn["default_score_thr"] = score_thr
-    weights.with_suffix(".json").write_text(json.dumps(config))
-    return weights
 
 
 def test_the_bundled_model_states_the_threshold_its_card_chose():
@@ -96,17 +78,6 @@ def test_predict_cli_refuses_a_threshold_out_of_range(tmp_path, photos, capsys):
     assert cli.main(["predict", str(photos[0]), "--out", str(tmp_path / "out"), "--score-thr", "1.5"]) == 2
     assert "--score-thr must be in [0, 1], got 1.5" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
-
-
-def fake_checkpoint(path: Path) -> Path:
-    """An mmengine-style checkpoint of the bundled model: its state dict and its training config."""
-    import torch
-    from mmengine.config import Config
-
-    config = Path(__file__).parents[1] / "configs" / "mask-rcnn_effilite0_fpn-128_nails.py"
-    cfg = Config.fromfile(str(config), import_custom_modules=False)
-    torch.save({"state_dict": load_state_dict(BUNDLED_WEIGHTS), "meta": {"cfg": cfg.pretty_text}}, path)
-    return path
 
 
 def test_export_records_the_threshold(tmp_path, capsys):
@@ -178,5 +149,5 @@ def test_record_score_thr_rewrites_only_the_config(tmp_path):
     assert load_model(weights, device="cpu").score_thr == 0.65 and weights.read_bytes() == before
     with pytest.raises(WeightsError, match=r"must be in \(0, 1\], got 2"):
         record_score_thr(weights, 2)
-    with pytest.raises(WeightsError, match="not a readable JSON config"):
+    with pytest.raises(WeightsError, match="config missing.json cannot be read"):
         record_score_thr(tmp_path / "missing.safetensors", 0.5)
