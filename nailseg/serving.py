@@ -70,10 +70,64 @@ def scratch_dir() -> Path:
 
 @dataclass(frozen=True)
 class Upload:
-    """A visitor's file: where Gradio stored it, and the name the visitor gave it."""
+    """A visitor's file: where Gradio stored it, and the name the visitor gave it.
+
+    Made only by :meth:`received`, which checks that Gradio itself received the file.
+    """
 
     path: str
     name: str
+
+    @classmethod
+    def received(cls, path: str | None, name: str | None = None) -> Upload:
+        """The file at ``path`` if Gradio received it for this server, else a refusal.
+
+        A request names its files by path. Gradio checks that path only in payloads marked as its
+        own (``meta: {"_type": "gradio.FileData"}``), and a component may open whatever else it is
+        given; so every file input checks again here, whatever the payload said. Accepted: a
+        regular file inside Gradio's upload folder, symlinks resolved. A path outside it is refused
+        before the file system is asked anything, and every refusal reads the same, so an answer
+        never tells what exists at a path.
+
+        Raises:
+            gr.Error: the path is not a file Gradio received (or it was deleted since).
+        """
+        name = name or Path(str(path or "")).name or "the file"
+        if path and _inside_upload_folder(path) and os.path.isfile(os.path.realpath(path)):
+            return cls(os.path.realpath(path), name)
+        raise gr.Error(f"Cannot use {code(name)}: it is not a file uploaded to this server (or not any more).")
+
+
+def upload_folder() -> Path:
+    """Where Gradio keeps what this server received: uploads, webcam pictures, answers' files."""
+    return Path(gr.utils.get_upload_folder()).resolve()
+
+
+def _inside_upload_folder(path: str) -> bool:
+    """``path`` lies in :func:`upload_folder`: first as written (no file system access), then with links resolved."""
+    root = upload_folder()
+    return Path(os.path.abspath(path)).is_relative_to(root) and Path(os.path.realpath(path)).is_relative_to(root)
+
+
+def file_input(**kwargs) -> gr.File:
+    """A ``gr.File`` (``type="filepath"``) whose handler receives :class:`Upload` objects (a list when
+    ``file_count`` is ``"multiple"``), each checked by :meth:`Upload.received`.
+
+    (An instance override, not a subclass: Gradio writes a ``.pyi`` beside subclasses' modules.)
+    """
+    component = gr.File(type="filepath", **kwargs)
+    paths_of = component.preprocess
+
+    def received(payload):
+        paths = paths_of(payload)
+        if paths is None:
+            return None
+        if isinstance(paths, list):
+            return [Upload.received(p) for p in paths]
+        return Upload.received(paths)
+
+    component.preprocess = received
+    return component
 
 
 class ModelStore:

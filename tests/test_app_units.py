@@ -16,7 +16,7 @@ from support import PHOTOS, bomb_zip, dataset_zip, jpeg_bytes
 
 from nailseg import archives, outputs
 from nailseg.result import Nails
-from nailseg.serving import ModelStore, SessionStore, number
+from nailseg.serving import ModelStore, SessionStore, Upload, number
 from nailseg.tabs import dataset, segment
 from nailseg.weights import WeightsError
 
@@ -160,6 +160,42 @@ def test_crop_options_refused(args, message):
 def test_threshold_must_be_a_number_in_range(value):
     with pytest.raises(gr.Error, match="Score threshold must be a number from 0 to 1"):
         number(value, "Score threshold", 0, 1)
+
+
+def uploads_table(tmp_path: Path, monkeypatch) -> dict[str, str | None]:
+    """Paths a payload may name, against an upload folder in ``tmp_path`` (what Gradio received)."""
+    folder, outside = tmp_path / "gradio", tmp_path / "outside"
+    (folder / "abc").mkdir(parents=True)
+    outside.mkdir()
+    monkeypatch.setenv("GRADIO_TEMP_DIR", str(folder))
+    (folder / "abc" / "photo.jpg").write_bytes(b"uploaded")
+    (outside / "secret.jpg").write_bytes(b"secret")
+    (folder / "abc" / "link.jpg").symlink_to(outside / "secret.jpg")
+    return {
+        "uploaded": str(folder / "abc" / "photo.jpg"),
+        "none": None,
+        "empty": "",
+        "outside": str(outside / "secret.jpg"),
+        "relative": "outside/secret.jpg",
+        "dotdot": str(folder / "abc" / ".." / ".." / "outside" / "secret.jpg"),
+        "symlink": str(folder / "abc" / "link.jpg"),
+        "folder": str(folder / "abc"),
+        "missing": str(folder / "abc" / "gone.jpg"),
+        "url": "http://example.com/photo.jpg",
+    }
+
+
+@pytest.mark.parametrize(
+    "kind", ["uploaded", "none", "empty", "outside", "relative", "dotdot", "symlink", "folder", "missing", "url"]
+)
+def test_only_files_gradio_received_are_uploads(tmp_path, monkeypatch, kind):
+    path = uploads_table(tmp_path, monkeypatch)[kind]
+    if kind == "uploaded":
+        assert Upload.received(path, "mine.jpg") == Upload(path, "mine.jpg")
+        return
+    with pytest.raises(gr.Error) as refused:
+        Upload.received(path, "mine.jpg")
+    assert refused.value.message == "Cannot use `mine.jpg`: it is not a file uploaded to this server (or not any more)."
 
 
 def photo(name: str, height: int, width: int, n: int = 0) -> segment.SegmentedPhoto:

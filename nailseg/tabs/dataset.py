@@ -25,7 +25,7 @@ from nailseg.evaluate import coco_nails
 from nailseg.files import folder_bytes, remove_older_than, safe_stem, write_zip
 from nailseg.images import ImageError, fit_within, load_image_rgb
 from nailseg.paths import converted_root, keep_hours
-from nailseg.serving import code, number, plain, scratch_dir
+from nailseg.serving import Upload, code, file_input, number, plain, scratch_dir
 
 PREVIEW_PHOTOS = 4
 PREVIEW_SIDE = 1024
@@ -88,7 +88,7 @@ def kept_dataset_dir(zip_name: str, zip_bytes: int) -> Path:
 
 
 def convert_zip(
-    zip_path: str | None,
+    upload: Upload | None,
     valid_fraction,
     keep: bool,
     request: gr.Request,
@@ -100,12 +100,12 @@ def convert_zip(
     With ``keep`` (the owner's), the photos and COCO files stay on the server for the Train tab;
     otherwise nothing of the upload is left of ours once the answer is returned.
     """
-    if not zip_path:
+    if not upload:
         raise gr.Error("Upload a .zip of a dataset first.")
     valid_fraction = number(valid_fraction, "Validation share", 0, 0.5)
     if keep:
         access.require_owner(request, profile, "Keeping a dataset on the server")
-    zip_name = Path(zip_path).name  # Gradio keeps the visitor's file name
+    zip_path, zip_name = upload.path, upload.name
     kept = kept_dataset_dir(zip_name, Path(zip_path).stat().st_size) if keep else None
     try:
         with tempfile.TemporaryDirectory(prefix="nailseg-dataset-") as scratch:
@@ -142,7 +142,7 @@ def dataset_tab() -> None:
     )
     with gr.Row():
         with gr.Column():
-            archive = gr.File(label="Dataset (.zip)", file_types=[".zip"], elem_id="dataset-zip")
+            archive = file_input(label="Dataset (.zip)", file_types=[".zip"], elem_id="dataset-zip")
             valid_fraction = gr.Slider(0.0, 0.5, value=0.2, step=0.05, label="Validation share")
             keep = gr.Checkbox(False, label="Keep the photos on the server to train on them (Train tab; owner only)")
             button = gr.Button("Convert", variant="primary")

@@ -12,7 +12,6 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import gradio as gr
@@ -23,7 +22,7 @@ from nailseg.files import safe_stem, unique_stems, write_zip
 from nailseg.images import ImageError, exif_size, load_image_rgb
 from nailseg.inference import MAX_INFERENCE_SIDE
 from nailseg.result import Nails
-from nailseg.serving import SESSIONS, STORE, Upload, code, number, scratch_dir, weights_name
+from nailseg.serving import SESSIONS, STORE, Upload, code, file_input, number, scratch_dir, weights_name
 from nailseg.weights import WeightsError
 
 if TYPE_CHECKING:
@@ -82,17 +81,20 @@ def photo_input(**kwargs) -> gr.Image:
     """A ``gr.Image`` whose handler receives an :class:`~nailseg.serving.Upload`, undecoded.
 
     ``gr.Image`` opens the file with PIL before the handler runs, so a file that is not an image
-    fails with a bare traceback; here :func:`read_photo` decodes it and says what is wrong.
-    (An instance override, not a subclass: Gradio writes a ``.pyi`` beside subclasses' modules.)
+    fails with a bare traceback; here :func:`read_photo` decodes it and says what is wrong. And
+    ``gr.Image`` opens any path a payload gives: here only a file Gradio received is taken
+    (:meth:`~nailseg.serving.Upload.received`). (An instance override, not a subclass: Gradio
+    writes a ``.pyi`` beside subclasses' modules.)
     """
     image = gr.Image(type="filepath", **kwargs)
     decode = image.preprocess
 
     def undecoded(payload):
-        if payload is None or payload.path is None or (payload.url or "").startswith("data:"):
-            path = decode(payload)  # webcam and clipboard data URLs: Gradio writes them to a file
-            return Upload(path, "photo.png") if path else None
-        return Upload(str(payload.path), payload.orig_name or Path(payload.path).name)
+        if payload is None:
+            return None
+        if (payload.url or "").startswith("data:"):  # webcam and clipboard: Gradio writes the data to its folder
+            return Upload.received(decode(payload), "photo.png")
+        return Upload.received(payload.path, payload.orig_name)
 
     image.preprocess = undecoded
     return image
@@ -187,12 +189,10 @@ def nail_row(record: dict) -> str:
     return f"| {record['number']} | {record['score']:.3f} | {box} | {record['area']} |"
 
 
-def segment(upload: Upload | str | None, score_thr, options: draw.CropOptions, key: str | None, progress=gr.Progress()):
+def segment(upload: Upload | None, score_thr, options: draw.CropOptions, key: str | None, progress=gr.Progress()):
     """The ``segment`` API: one photo and a score threshold in; see :func:`render` for what comes out."""
     if not upload:
         raise gr.Error("Add a photo first (drop, paste, pick or take one).")
-    if isinstance(upload, str):  # an example photo: Gradio hands over its cached path as it is
-        upload = Upload(upload, Path(upload).name)
     score_thr = number(score_thr, "Score threshold", 0, 1)
     if not STORE.ready:
         progress(0, desc="Loading the model (only the first photo after a start waits for it)…")
@@ -214,20 +214,20 @@ def redraw(key: str | None, score_thr, margin, square, size, background, align):
     return (*render(photo, score_thr, options), options, key)
 
 
-def segment_batch(paths: list[str] | None, score_thr, margin, square, size, background, align) -> tuple[str, str]:
+def segment_batch(uploads: list[Upload] | None, score_thr, margin, square, size, background, align) -> tuple[str, str]:
     """Several photos in; one zip out (a folder per photo, ``predictions.json``, ``crops.csv``) and a summary."""
-    if not paths:
+    if not uploads:
         raise gr.Error("Add one or more photos first.")
-    if len(paths) > MAX_BATCH:
-        raise gr.Error(f"At most {MAX_BATCH} photos at once ({len(paths)} given).")
+    if len(uploads) > MAX_BATCH:
+        raise gr.Error(f"At most {MAX_BATCH} photos at once ({len(uploads)} given).")
     options = crop_options(margin, square, size, background, align)
     score_thr = number(score_thr, "Score threshold", 0, 1)
     out = scratch_dir()
     results, rows, lines = [], [], []
-    names = [Path(p).name for p in paths]  # Gradio keeps the visitor's file name
-    for image_id, (path, name, stem) in enumerate(zip(paths, names, unique_stems(names)), start=1):
+    names = [u.name for u in uploads]
+    for image_id, (upload, name, stem) in enumerate(zip(uploads, names, unique_stems(names)), start=1):
         try:
-            image_rgb, original_size = read_photo(Upload(path, name))
+            image_rgb, original_size = read_photo(upload)
         except gr.Error as err:
             lines.append(f"- skipped: {err.message}")
             continue
@@ -298,7 +298,7 @@ def segment_tab(examples: list[str]) -> Callable[[Dependency], None]:
         table = gr.Markdown(label="Nails", elem_id="nails-table")
         records = gr.JSON(label="Nails (JSON)")
     with gr.Accordion("Several photos at once", open=False):
-        batch_files = gr.File(file_count="multiple", file_types=["image"], label=f"Photos (up to {MAX_BATCH})")
+        batch_files = file_input(file_count="multiple", file_types=["image"], label=f"Photos (up to {MAX_BATCH})")
         batch_button = gr.Button("Segment all")
         batch_zip = gr.File(label="Download (one folder per photo)")
         batch_summary = gr.Markdown()

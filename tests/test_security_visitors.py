@@ -1,0 +1,112 @@
+"""What an anonymous visitor of a Space can send: the app-side rows of issue 27, one test each.
+
+One app process runs as a Space (``SPACE_ID`` set, no sign-in): every visitor is anonymous and
+owner actions are off. Visitors use the upload route and the HTTP API with hand-made payloads,
+as :mod:`test_security` does for issue 12. Each row's outcome is written down in docs/security.md.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+from support import PHOTOS, AppProcess, OpenWatch, call, file_data, upload
+
+pytestmark = pytest.mark.timeout(900)
+
+
+@pytest.fixture(scope="module")
+def space(tmp_path_factory):
+    app = AppProcess(tmp_path_factory.mktemp("space"), extra_env={"SPACE_ID": "someone/nailseg"})
+    yield app
+    app.stop()
+
+
+# --- row 1: files come from uploads only ------------------------------------------------------------
+
+
+def photo_args(payload):
+    return [payload, 0.5]
+
+
+def batch_args(payload):
+    return [[payload], 0.5, 0.1, True, 224, "keep", False]
+
+
+def zip_args(payload):
+    return [payload, 0.2, False]
+
+
+FILE_INPUTS = {"segment": photo_args, "segment_batch": batch_args, "convert_dataset": zip_args}
+
+
+def hand_made_payloads(app: AppProcess, secret, tmp_path) -> dict[str, dict]:
+    """Payloads naming ``secret`` (a photo outside Gradio's folders) in every way a visitor might."""
+    link = app.upload_dir / "link" / "photo.jpg"  # a link inside Gradio's folder, to the file outside
+    link.parent.mkdir(parents=True, exist_ok=True)
+    link.unlink(missing_ok=True)
+    link.symlink_to(secret)
+    climb = app.upload_dir.joinpath(*[".."] * len(app.upload_dir.parts)).joinpath(*secret.parts[1:])
+    return {
+        "no-meta": {"path": str(secret), "orig_name": "photo.jpg"},
+        "empty-meta": {"path": str(secret), "orig_name": "photo.jpg", "meta": {}},
+        "wrong-type": {"path": str(secret), "orig_name": "photo.jpg", "meta": {"_type": "gradio.Other"}},
+        "url": {"path": str(secret), "url": f"file://{secret}", "orig_name": "photo.jpg"},
+        "url-only": {"path": None, "url": f"file://{secret}", "orig_name": "photo.jpg"},
+        "dotdot": file_data(str(climb)),
+        "dotdot-no-meta": {"path": str(climb), "orig_name": "photo.jpg"},
+        "symlink": file_data(str(link)),
+        "symlink-no-meta": {"path": str(link), "orig_name": "photo.jpg"},
+    }
+
+
+REFUSED = "Cannot use `photo.jpg`: it is not a file uploaded to this server"
+# Payloads Gradio refuses itself before the app sees them: those marked as its own FileData with a
+# path outside its folder, and anything but its own FileData in a gr.File. It answers a bare
+# "Error" (its message, which names the path, is hidden from visitors).
+GRADIO_REFUSES = {"dotdot", "symlink"}
+
+
+@pytest.mark.parametrize("api", FILE_INPUTS)
+def test_issue27_row1_a_file_input_takes_only_uploads(space, tmp_path, api):
+    """Every file input refuses a payload naming a server file, however it is written, and never opens it."""
+    secret = tmp_path / "secret.jpg"
+    shutil.copyfile(PHOTOS[0], secret)
+    watch = OpenWatch(secret)
+    try:
+        for kind, payload in hand_made_payloads(space, secret, tmp_path).items():
+            event, answer = call(space, api, *FILE_INPUTS[api](payload))
+            assert event == "error", (kind, answer)
+            gradios = kind in GRADIO_REFUSES or api != "segment"
+            assert answer["error"] is None if gradios else answer["error"].startswith(REFUSED), (kind, answer)
+        assert watch.opens() == 0
+    finally:
+        watch.close()
+    assert space.alive()
+
+
+@pytest.mark.parametrize("api", FILE_INPUTS)
+def test_issue27_row1_answers_never_tell_what_exists_at_a_path(space, tmp_path, api):
+    (tmp_path / "folder").mkdir()
+    (tmp_path / "empty.jpg").write_bytes(b"")
+    shutil.copyfile(PHOTOS[0], tmp_path / "photo.jpg")
+    for payload_form in ({}, {"meta": {"_type": "gradio.FileData"}}):
+        answers = set()
+        for target in ["photo.jpg", "empty.jpg", "folder", "missing.jpg"]:
+            payload = {"path": str(tmp_path / target), "orig_name": "photo.jpg", **payload_form}
+            answers.add(json.dumps(call(space, api, *FILE_INPUTS[api](payload))))
+        (answer,) = answers  # one answer, whatever is at the path
+        assert '"error"' in answer
+
+
+def test_issue27_row1_uploads_still_work_on_every_input(space, tmp_path):
+    from support import dataset_zip
+
+    photo = file_data(upload(space, PHOTOS[0]), PHOTOS[0].name)
+    for api, args in [("segment", photo_args(photo)), ("segment_batch", batch_args(photo))]:
+        event, outputs = call(space, api, *args)
+        assert event == "complete", (api, outputs)
+    archive = dataset_zip(tmp_path / "d.zip", PHOTOS[:2])
+    event, outputs = call(space, "convert_dataset", *zip_args(file_data(upload(space, archive), "d.zip")))
+    assert event == "complete" and outputs[3]["photos"] == 2, outputs
