@@ -153,6 +153,27 @@ def dataset_zip(path: Path, photos: list[Path] = PHOTOS, wrap: str = "nails") ->
     return path
 
 
+def damaged_zip(path: Path, photos: list[Path] = PHOTOS[:3]) -> Path:
+    """A YOLO-seg dataset zip of ``photos`` whose first photo fails its checksum (stored, a byte
+    changed) and whose second has corrupt deflate data (a block type that does not exist)."""
+    with zipfile.ZipFile(path, "w") as zf:
+        for k, photo in enumerate(photos):
+            zf.write(photo, f"nails/images/{photo.name}", zipfile.ZIP_DEFLATED if k == 1 else zipfile.ZIP_STORED)
+            zf.write(DATA / "labels" / f"{photo.stem}.txt", f"nails/labels/{photo.stem}.txt")
+        bad_crc, bad_deflate = (zf.getinfo(f"nails/images/{p.name}") for p in photos[:2])
+    data = bytearray(path.read_bytes())
+    data[_member_data(data, bad_crc) + 100] ^= 0xFF
+    data[_member_data(data, bad_deflate)] = 0xFF  # first block: final, type 3 (reserved)
+    path.write_bytes(data)
+    return path
+
+
+def _member_data(data: bytes, info: zipfile.ZipInfo) -> int:
+    """Where a member's (compressed) bytes start: after its 30-byte local header, name and extra field."""
+    name_len, extra_len = struct.unpack_from("<HH", data, info.header_offset + 26)
+    return info.header_offset + 30 + name_len + extra_len
+
+
 def bomb_zip(path: Path, mib: int = 300) -> Path:
     """A zip whose one member expands ~1000:1 to ``mib`` MiB of zeros."""
     with (
@@ -271,6 +292,43 @@ def grey_png(path: Path, width: int, height: int) -> Path:
         b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", ihdr) + _png_chunk(b"IDAT", data) + _png_chunk(b"IEND", b"")
     )
     return path
+
+
+# --- functions for nailseg.sandbox's child process to run (it imports this module by name) -------------
+
+
+def child_echo(**kwargs) -> dict:
+    print("what a library prints")  # goes to the log, not into the answer
+    return kwargs
+
+
+def child_allocate(gib: float) -> int:
+    return len(bytearray(int(gib * 1024**3)))
+
+
+def child_spin() -> None:
+    while True:
+        pass
+
+
+def child_sleep(seconds: float, pid_file: str = "") -> None:
+    """Sleep, after starting a grandchild that sleeps too (its pid in ``pid_file``, when given)."""
+    if pid_file:
+        grandchild = subprocess.Popen([sys.executable, "-c", f"import time; time.sleep({seconds})"])
+        Path(pid_file).write_text(str(grandchild.pid))
+    time.sleep(seconds)
+
+
+def child_crash() -> None:
+    ctypes.string_at(0)  # reads address 0: SIGSEGV, as a C library fed bad data would
+
+
+def child_refuse(message: str) -> None:
+    raise ValueError(message)
+
+
+def child_bug() -> None:
+    raise KeyError("a bug, not the data's fault")
 
 
 def convert_test_photos(out: Path, valid_fraction: float = 0.34) -> Path:

@@ -12,9 +12,10 @@ import gradio as gr
 import numpy as np
 import pytest
 from PIL import Image
-from support import PHOTOS, bomb_zip, dataset_zip, jpeg_bytes
+from support import PHOTOS, bomb_zip, damaged_zip, dataset_zip, jpeg_bytes
 
 from nailseg import archives, outputs
+from nailseg.evaluate import coco_nails
 from nailseg.result import Nails
 from nailseg.serving import ModelStore, SessionStore, Upload, number
 from nailseg.tabs import dataset, segment
@@ -113,6 +114,33 @@ def test_extract_archive_lists_names_it_cannot_write(tmp_path):
     assert any("longer than 255 bytes" in r for r in reasons)
 
 
+def marked_encrypted(path: Path, member: str) -> Path:
+    """``path`` with ``member`` flagged as encrypted (bit 0 of its flags, in both of the zip's headers)."""
+    data = bytearray(path.read_bytes())
+    with zipfile.ZipFile(path) as zf:
+        local = zf.getinfo(member).header_offset
+    central = data.index(b"PK\x01\x02")  # the central directory's first entry...
+    while not data[central + 46 :].startswith(member.encode()):  # ...up to this member's
+        central = data.index(b"PK\x01\x02", central + 4)
+    data[local + 6] |= 1
+    data[central + 8] |= 1
+    path.write_bytes(data)
+    return path
+
+
+def test_extract_archive_lists_members_it_cannot_read(tmp_path):
+    archive = damaged_zip(tmp_path / "damaged.zip", PHOTOS[:3])
+    marked_encrypted(archive, f"nails/labels/{PHOTOS[2].stem}.txt")
+    root, problems = archives.extract_archive(archive, tmp_path / "out")
+    unread = "cannot be read from the zip: "
+    assert dict(problems) == {
+        f"nails/images/{PHOTOS[0].name}": unread + "its checksum does not match (a damaged download?)",
+        f"nails/images/{PHOTOS[1].name}": unread + "its compressed data are corrupt",
+        f"nails/labels/{PHOTOS[2].stem}.txt": unread + "it is encrypted",
+    }
+    assert sorted(p.name for p in (root / "images").iterdir()) == [PHOTOS[2].name]  # nothing half-written
+
+
 def test_coco_nails_round_trip(tmp_path):
     from nailseg.datasets import convert_dataset
 
@@ -122,7 +150,7 @@ def test_coco_nails_round_trip(tmp_path):
         workers=1,
     )
     for image in report.train["images"]:
-        nails = dataset.coco_nails(report.train, image)
+        nails = coco_nails(report.train, image)
         anns = [a for a in report.train["annotations"] if a["image_id"] == image["id"]]
         assert nails.image_size == (image["height"], image["width"])
         assert sorted(nails.areas.tolist()) == sorted(a["area"] for a in anns)

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import json
 import shutil
+import zipfile
 
 import pytest
-from support import PHOTOS, AppProcess, OpenWatch, call, file_data, upload
+from support import PHOTOS, AppProcess, OpenWatch, call, damaged_zip, dataset_zip, file_data, upload
 
 pytestmark = pytest.mark.timeout(900)
 
@@ -101,8 +102,6 @@ def test_issue27_row1_answers_never_tell_what_exists_at_a_path(space, tmp_path, 
 
 
 def test_issue27_row1_uploads_still_work_on_every_input(space, tmp_path):
-    from support import dataset_zip
-
     photo = file_data(upload(space, PHOTOS[0]), PHOTOS[0].name)
     for api, args in [("segment", photo_args(photo)), ("segment_batch", batch_args(photo))]:
         event, outputs = call(space, api, *args)
@@ -110,3 +109,46 @@ def test_issue27_row1_uploads_still_work_on_every_input(space, tmp_path):
     archive = dataset_zip(tmp_path / "d.zip", PHOTOS[:2])
     event, outputs = call(space, "convert_dataset", *zip_args(file_data(upload(space, archive), "d.zip")))
     assert event == "complete" and outputs[3]["photos"] == 2, outputs
+
+
+# --- row 2: a visitor's dataset is converted out of the server's process ---------------------------------
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "1e20"])
+def test_issue27_row2_a_hostile_label_costs_one_answer_not_the_server(space, tmp_path, value):
+    """pycocotools allocated without bound on these coordinates (an OOM kill, or a segfault when capped)."""
+    archive = tmp_path / "hostile.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        zf.write(PHOTOS[0], f"images/{PHOTOS[0].name}")
+        zf.writestr(f"labels/{PHOTOS[0].stem}.txt", f"0 {value} {value} 0.5 0.5 0.2 0.9\n")
+    event, answer = call(space, "convert_dataset", file_data(upload(space, archive), "hostile.zip"), 0.2, False)
+    if event == "error":  # the child crashed or hit a limit: that visitor is told so
+        assert answer["error"].startswith("Not converted: the conversion of `hostile.zip`"), answer
+    else:  # the line was found wrong where it was parsed: a listed problem
+        assert event == "complete" and answer[3]["problems"], answer
+    assert space.alive()
+    event, outputs = call(space, "segment", file_data(upload(space, PHOTOS[0]), PHOTOS[0].name), 0.5)
+    assert event == "complete" and len(outputs[2]) > 0  # the same server answers the next visitor, with nails
+
+
+# --- the degraded rows: a clear message each, nothing of the server in what a visitor downloads -----------
+
+
+def test_issue27_the_coco_download_names_no_server_folder(space, tmp_path):
+    archive = dataset_zip(tmp_path / "d.zip", PHOTOS[:2])
+    event, outputs = call(space, "convert_dataset", file_data(upload(space, archive), "d.zip"), 0.5, False)
+    assert event == "complete", outputs
+    coco = zipfile.ZipFile(outputs[2]["path"])
+    assert json.loads(coco.read("train.json"))["info"] == {"description": "NailSeg instances", "layout": "yolo"}
+    for name in coco.namelist():
+        assert str(space.tmp) not in coco.read(name).decode(), name
+
+
+def test_issue27_a_damaged_zip_lists_its_damaged_photos(space, tmp_path):
+    archive = damaged_zip(tmp_path / "damaged.zip", PHOTOS[:3])
+    event, outputs = call(space, "convert_dataset", file_data(upload(space, archive), "damaged.zip"), 0.0, False)
+    assert event == "complete", outputs
+    problems = {p["file"].rsplit("/", 1)[-1]: p["problem"] for p in outputs[3]["problems"]}
+    assert problems[PHOTOS[0].name] == "cannot be read from the zip: its checksum does not match (a damaged download?)"
+    assert problems[PHOTOS[1].name] == "cannot be read from the zip: its compressed data are corrupt"
+    assert outputs[3]["photos"] == 1
