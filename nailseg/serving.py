@@ -215,7 +215,12 @@ class ModelStore:
 
 
 def _load_with_fallback(spec: str | None):
-    """Load ``spec``; when the Hub is unreachable, the bundled model and a notice instead."""
+    """Load ``spec``; when the Hub is unreachable, the bundled model and a notice instead.
+
+    Raises:
+        WeightsError: the weights cannot be loaded, their config included: a config of a shape
+            the loader does not expect (``"type": {}``) fails there with a TypeError or the like.
+    """
     from nailseg.inference import load_model
 
     try:
@@ -224,6 +229,8 @@ def _load_with_fallback(spec: str | None):
         if not BUNDLED_WEIGHTS.is_file():
             raise WeightsError("the Hub is unreachable and the bundled model is missing") from None
         return load_model(BUNDLED_WEIGHTS), "Hub unreachable: using the bundled model"
+    except (TypeError, KeyError, AttributeError, IndexError) as err:
+        raise WeightsError(f"their config is not one this project reads ({type(err).__name__})") from err
 
 
 def describe(model, notice: str = "") -> str:
@@ -255,15 +262,36 @@ def code(text: str) -> str:
     return f"`{text}`"
 
 
-def number(value, label: str, low: float, high: float) -> float:
+def number(value, label: str, low: float, high: float = math.inf) -> float:
     """``value`` as a float in ``[low, high]``, else a clear error (NaN and infinities included)."""
     try:
-        value = float(value if value is not None else "nan")
+        value = float("nan" if value is None or isinstance(value, bool) else value)
     except (TypeError, ValueError):
         value = math.nan
     if not (math.isfinite(value) and low <= value <= high):
-        raise gr.Error(f"{label} must be a number from {low:g} to {high:g}.")
+        span = f"from {low:g} to {high:g}" if math.isfinite(high) else f"of at least {low:g}"
+        raise gr.Error(f"{label} must be a number {span}.")
     return value
+
+
+def numeric_input(component: gr.Slider | gr.Number, label: str) -> gr.Slider | gr.Number:
+    """``component`` with any payload that is not a number in its range refused by ``label``.
+
+    Gradio compares the payload with the component's range before the handler runs; text or a
+    list there is a TypeError, which a visitor sees as a bare "Error". An empty number field
+    stays None (the handler's default). (An instance override, as in :func:`file_input`.)
+    """
+    low = -math.inf if component.minimum is None else component.minimum
+    high = math.inf if component.maximum is None else component.maximum
+    check = component.preprocess
+
+    def checked(payload):
+        if payload is None and isinstance(component, gr.Number):
+            return None
+        return check(number(payload, label, low, high))
+
+    component.preprocess = checked
+    return component
 
 
 class SessionStore:

@@ -12,6 +12,7 @@ import shutil
 import zipfile
 
 import pytest
+from PIL import Image
 from support import PHOTOS, AppProcess, OpenWatch, call, damaged_zip, dataset_zip, file_data, upload
 
 pytestmark = pytest.mark.timeout(900)
@@ -152,3 +153,19 @@ def test_issue27_a_damaged_zip_lists_its_damaged_photos(space, tmp_path):
     assert problems[PHOTOS[0].name] == "cannot be read from the zip: its checksum does not match (a damaged download?)"
     assert problems[PHOTOS[1].name] == "cannot be read from the zip: its compressed data are corrupt"
     assert outputs[3]["photos"] == 1
+
+
+@pytest.mark.parametrize("threshold", ['"abc"', "[0.5]", '{"value": 0.5}', "null", "true"])
+def test_issue27_a_threshold_that_is_not_a_number_is_named(space, threshold):
+    photo = json.dumps(file_data(upload(space, PHOTOS[0]), PHOTOS[0].name))
+    event, answer = call(space, "segment", raw_body=f'{{"data": [{photo}, {threshold}]}}')
+    assert event == "error" and answer["error"] == "Score threshold must be a number from 0.05 to 1.", answer
+
+
+def test_issue27_a_photo_too_thin_for_a_nail_is_named(space, tmp_path):
+    """A 1x5000 px photo crashed the model's resize (cv2.error): a bare "Error"."""
+    thin = tmp_path / "thin.png"
+    Image.new("RGB", (1, 5000)).save(thin)
+    event, answer = call(space, "segment", file_data(upload(space, thin), "thin.png"), 0.5)
+    expected = "Cannot use `thin.png`: the photo is 1x5000 px: one side is more than 20 times the other."
+    assert event == "error" and answer["error"] == expected, answer

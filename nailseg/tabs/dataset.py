@@ -23,7 +23,7 @@ from nailseg.dataset_zip import convert_in_child
 from nailseg.files import folder_bytes, remove_older_than, safe_stem, write_zip
 from nailseg.paths import converted_root, keep_hours
 from nailseg.sandbox import ChildFailed, ChildRefused
-from nailseg.serving import Upload, code, file_input, number, plain, scratch_dir
+from nailseg.serving import Upload, code, file_input, number, numeric_input, plain, scratch_dir
 
 
 def keep_quota_bytes() -> int:
@@ -117,7 +117,9 @@ def dataset_tab() -> None:
     with gr.Row():
         with gr.Column():
             archive = file_input(label="Dataset (.zip)", file_types=[".zip"], elem_id="dataset-zip")
-            valid_fraction = gr.Slider(0.0, 0.5, value=0.2, step=0.05, label="Validation share")
+            valid_fraction = numeric_input(
+                gr.Slider(0.0, 0.5, value=0.2, step=0.05, label="Validation share"), "Validation share"
+            )
             keep = gr.Checkbox(False, label="Keep the photos on the server to train on them (Train tab; owner only)")
             button = gr.Button("Convert", variant="primary")
         with gr.Column():

@@ -22,7 +22,17 @@ from nailseg.files import safe_stem, unique_stems, write_zip
 from nailseg.images import ImageError, exif_size, load_image_rgb
 from nailseg.inference import MAX_INFERENCE_SIDE
 from nailseg.result import Nails
-from nailseg.serving import SESSIONS, STORE, Upload, code, file_input, number, scratch_dir, weights_name
+from nailseg.serving import (
+    SESSIONS,
+    STORE,
+    Upload,
+    code,
+    file_input,
+    number,
+    numeric_input,
+    scratch_dir,
+    weights_name,
+)
 from nailseg.weights import WeightsError
 
 if TYPE_CHECKING:
@@ -268,20 +278,21 @@ def segment_tab(examples: list[str]) -> Callable[[Dependency], None]:
         with gr.Column():
             photo = photo_input(label="Photo", sources=["upload", "clipboard", "webcam"], height=360, elem_id="photo")
             # The model's own default threshold, read again at every page load (the owner may switch models).
-            score = gr.Slider(0.05, 1.0, value=STORE.score_thr, step=0.01, label="Score threshold", elem_id="score")
+            score = numeric_input(
+                gr.Slider(0.05, 1.0, value=STORE.score_thr, step=0.01, label="Score threshold", elem_id="score"),
+                "Score threshold",
+            )
             button = gr.Button("Segment", variant="primary")
             with gr.Accordion("Crop options (for a classifier)", open=False):
-                margin = gr.Slider(
-                    0.0, 1.0, value=CROPS.margin, step=0.05, label="Margin (fraction of the box's longer side)"
+                margin = numeric_input(
+                    gr.Slider(0.0, 1.0, CROPS.margin, step=0.05, label="Margin (fraction of the box's longer side)"),
+                    "Margin",
                 )
                 square = gr.Checkbox(value=CROPS.square, label="Square (pad to a square)")
                 size = gr.Number(
-                    value=CROPS.size,
-                    precision=0,
-                    minimum=0,
-                    maximum=MAX_CROP_SIZE,
-                    label="Output size (px, 0 = as cut)",
+                    CROPS.size, precision=0, minimum=0, maximum=MAX_CROP_SIZE, label="Output size (px, 0 = as cut)"
                 )
+                size = numeric_input(size, "Output size")
                 background = gr.Radio(BACKGROUNDS, value="keep", label="Background in box crops")
                 align = gr.Checkbox(value=CROPS.align, label="Align: long axis vertical, tip up where it can be told")
             gr.Examples(examples, inputs=photo, elem_id="examples")
