@@ -290,7 +290,7 @@ def test_kept_photo_decodes_its_nails_by_threshold():
 
 
 def test_session_store_bounds_bytes_and_time(monkeypatch):
-    store = SessionStore(max_item_bytes=100, max_total_bytes=250, ttl_s=60)
+    store = SessionStore(max_item_bytes=100, max_client_bytes=250, max_total_bytes=250, ttl_s=60)
     a, b = store.put("a", 100), store.put("b", 100)
     assert store.put("too big", 101) is None
     assert store.get(a) == "a"  # a is now the most recently used
@@ -302,6 +302,40 @@ def test_session_store_bounds_bytes_and_time(monkeypatch):
     monkeypatch.setattr(time, "monotonic", lambda: now + 61)
     assert store.get(a) is None and len(store) == 0
     assert store.get(None) is None
+
+
+def test_session_store_one_address_never_evicts_another():
+    """Issue 27: one client sent 36 segments in 11 s and evicted every other visitor's photo."""
+    store = SessionStore(max_item_bytes=100, max_client_bytes=200, max_total_bytes=400, ttl_s=60)
+    victim = store.put("photo", 100, client="151.101.1.1")
+    flood = [store.put(f"x{k}", 100, client="151.101.2.2") for k in range(10)]
+    assert store.get(victim) == "photo"
+    assert [store.get(k) for k in flood if store.get(k) is not None] == ["x8", "x9"]  # its share: its newest
+    assert store.put("y", 100, client="151.101.3.3") is not None  # the store is now full...
+    assert store.put("z", 100, client="151.101.4.4") is None  # ...so a newcomer's photo is not kept
+    assert store.get(victim) == "photo" and store.total_bytes == 400
+
+
+@pytest.mark.parametrize(
+    ("peer", "forwarded", "expected"),
+    [
+        ("151.101.1.1", "", "151.101.1.1"),
+        ("151.101.1.1", "8.8.8.8", "151.101.1.1"),  # facing the internet: the header is the client's word
+        ("10.16.3.80", "151.101.2.2", "151.101.2.2"),  # behind a Space's proxy
+        ("10.16.3.80", "8.8.8.8, 151.101.2.2, 10.0.0.7", "151.101.2.2"),  # a forged entry left of the real one
+        ("127.0.0.1", "", "127.0.0.1"),
+        ("127.0.0.1", "not-an-address", "127.0.0.1"),
+        ("10.16.3.80", "2001:db8:1:2:3:4:5:6", "2001:db8:1:2::/64"),
+        ("", "", "unknown"),
+    ],
+)
+def test_client_address(peer, forwarded, expected):
+    from types import SimpleNamespace
+
+    from nailseg.access import client_address
+
+    request = SimpleNamespace(client=SimpleNamespace(host=peer), headers={"x-forwarded-for": forwarded})
+    assert client_address(request) == expected
 
 
 def test_switch_to_missing_weights_is_an_error(tmp_path):

@@ -169,3 +169,22 @@ def test_issue27_a_photo_too_thin_for_a_nail_is_named(space, tmp_path):
     event, answer = call(space, "segment", file_data(upload(space, thin), "thin.png"), 0.5)
     expected = "Cannot use `thin.png`: the photo is 1x5000 px: one side is more than 20 times the other."
     assert event == "error" and answer["error"] == expected, answer
+
+
+# --- row 6: fair shares ----------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_issue27_row6_one_address_cannot_evict_the_others_kept_photos(space, tmp_path):
+    """One client sent 36 segments in 11 s and evicted every other visitor's kept photo (one 256 MB store)."""
+    from gradio_client import Client, handle_file
+
+    big = tmp_path / "big.jpg"  # kept at 1,600 px: 7.7 MB a photo
+    Image.open(PHOTOS[0]).convert("RGB").resize((1600, 1600)).save(big, quality=90)
+    visitor = Client(space.url, verbose=False, headers={"x-forwarded-for": "151.101.20.20"})
+    visitor.predict(handle_file(str(big)), 0.5, api_name="/segment")
+    flood = file_data(upload(space, big), "big.jpg")
+    for _ in range(40):  # 40 sessions from one address: 300 MB of photos, more than the whole store
+        assert call(space, "segment", flood, 0.5)[0] == "complete"
+    status = visitor.predict(0.6, 0.1, True, 224, "keep", False, api_name="/render")[5]  # no new upload
+    assert "found" in status and "big.jpg" in status

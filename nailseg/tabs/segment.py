@@ -44,6 +44,7 @@ BACKGROUNDS = ["keep", "black"]  # in box crops; the cut-outs are transparent ou
 CROPS = draw.CropOptions(margin=0.1, square=True, size=224)  # the tab's defaults: classifier-ready
 MAX_CROP_SIZE = 2048
 MAX_BATCH = 50
+NOT_KEPT = ". **Not kept for redraws** (the server is busy): a new threshold or crop needs **Segment** again"
 
 
 @dataclass(frozen=True)
@@ -199,7 +200,14 @@ def nail_row(record: dict) -> str:
     return f"| {record['number']} | {record['score']:.3f} | {box} | {record['area']} |"
 
 
-def segment(upload: Upload | None, score_thr, options: draw.CropOptions, key: str | None, progress=gr.Progress()):
+def segment(
+    upload: Upload | None,
+    score_thr,
+    options: draw.CropOptions,
+    key: str | None,
+    request: gr.Request,
+    progress=gr.Progress(),
+):
     """The ``segment`` API: one photo and a score threshold in; see :func:`render` for what comes out."""
     if not upload:
         raise gr.Error("Add a photo first (drop, paste, pick or take one).")
@@ -208,20 +216,30 @@ def segment(upload: Upload | None, score_thr, options: draw.CropOptions, key: st
         progress(0, desc="Loading the model (only the first photo after a start waits for it)…")
     image_rgb, original_size = read_photo(upload)
     photo = detect(upload.name, safe_stem(upload.name), image_rgb, original_size, score_thr)
-    return (*render(photo, score_thr, options), SESSIONS.put(photo, photo.nbytes, key))
+    shown, key = render_and_keep(photo, score_thr, options, key, request)
+    return (*shown, key)
 
 
-def redraw(key: str | None, score_thr, margin, square, size, background, align):
+def redraw(key: str | None, score_thr, margin, square, size, background, align, request: gr.Request):
     """Redraw the visitor's photo for a new threshold or crop options (model run only below its floor)."""
     options = crop_options(margin, square, size, background, align)
     score_thr = number(score_thr, "Score threshold", 0, 1)
     photo = SESSIONS.get(key)
     if photo is None and key is not None:
         raise gr.Error("This photo is no longer kept on the server: press Segment again.")
-    if photo is not None and score_thr < photo.floor:
-        photo = detect(photo.name, photo.stem, photo.image_rgb, photo.original_size, score_thr)
-        key = SESSIONS.put(photo, photo.nbytes, key)
-    return (*render(photo, score_thr, options), options, key)
+    if photo is None or score_thr >= photo.floor:
+        return (*render(photo, score_thr, options), options, key)
+    photo = detect(photo.name, photo.stem, photo.image_rgb, photo.original_size, score_thr)
+    shown, key = render_and_keep(photo, score_thr, options, key, request)
+    return (*shown, options, key)
+
+
+def render_and_keep(photo: SegmentedPhoto, score_thr: float, options: draw.CropOptions, key: str | None, request):
+    """:func:`render`'s outputs, and the photo kept for redraws under ``key`` (None: not kept, and the
+    status line says so) within the share of the request's client address."""
+    key = SESSIONS.put(photo, photo.nbytes, key, access.client_address(request))
+    *shown, status = render(photo, score_thr, options)
+    return (*shown, status if key else status + NOT_KEPT), key
 
 
 def segment_batch(uploads: list[Upload] | None, score_thr, margin, square, size, background, align) -> tuple[str, str]:
