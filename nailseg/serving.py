@@ -93,7 +93,8 @@ class Upload:
         Raises:
             gr.Error: the path is not a file Gradio received (or it was deleted since).
         """
-        name = name or Path(str(path or "")).name or "the file"
+        path = path if isinstance(path, str) else ""
+        name = name if isinstance(name, str) and name else Path(path).name or "the file"
         if path and _inside_upload_folder(path) and os.path.isfile(os.path.realpath(path)):
             return cls(os.path.realpath(path), name)
         raise gr.Error(f"Cannot use {code(name)}: it is not a file uploaded to this server (or not any more).")
@@ -110,25 +111,17 @@ def _inside_upload_folder(path: str) -> bool:
     return Path(os.path.abspath(path)).is_relative_to(root) and Path(os.path.realpath(path)).is_relative_to(root)
 
 
-def file_input(**kwargs) -> gr.File:
-    """A ``gr.File`` (``type="filepath"``) whose handler receives :class:`Upload` objects (a list when
-    ``file_count`` is ``"multiple"``), each checked by :meth:`Upload.received`.
+def uploaded_file(payload) -> Upload:
+    """The file of one of Gradio's file payloads (``{"path": ..., "orig_name": ...}``), checked by
+    :meth:`Upload.received`; anything else is refused the same way.
 
-    (An instance override, not a subclass: Gradio writes a ``.pyi`` beside subclasses' modules.)
+    The app's events that take a visitor's input run with ``preprocess=False`` and check the raw
+    payload here: a component's own preprocessing may open the path first (``gr.Image`` does),
+    and an override of it does not last, since an event that updates a component (loading an
+    example does) replaces it in the visitor's session by a plain one.
     """
-    component = gr.File(type="filepath", **kwargs)
-    paths_of = component.preprocess
-
-    def received(payload):
-        paths = paths_of(payload)
-        if paths is None:
-            return None
-        if isinstance(paths, list):
-            return [Upload.received(p) for p in paths]
-        return Upload.received(paths)
-
-    component.preprocess = received
-    return component
+    payload = payload if isinstance(payload, dict) else {}
+    return Upload.received(payload.get("path"), payload.get("orig_name"))
 
 
 class ModelStore:
@@ -263,36 +256,15 @@ def code(text: str) -> str:
     return f"`{text}`"
 
 
-def number(value, label: str, low: float, high: float = math.inf) -> float:
-    """``value`` as a float in ``[low, high]``, else a clear error (NaN and infinities included)."""
+def number(value, label: str, low: float, high: float) -> float:
+    """``value`` as a float in ``[low, high]``, else a clear error (NaN, infinities, text and booleans included)."""
     try:
         value = float("nan" if value is None or isinstance(value, bool) else value)
     except (TypeError, ValueError):
         value = math.nan
     if not (math.isfinite(value) and low <= value <= high):
-        span = f"from {low:g} to {high:g}" if math.isfinite(high) else f"of at least {low:g}"
-        raise gr.Error(f"{label} must be a number {span}.")
+        raise gr.Error(f"{label} must be a number from {low:g} to {high:g}.")
     return value
-
-
-def numeric_input(component: gr.Slider | gr.Number, label: str) -> gr.Slider | gr.Number:
-    """``component`` with any payload that is not a number in its range refused by ``label``.
-
-    Gradio compares the payload with the component's range before the handler runs; text or a
-    list there is a TypeError, which a visitor sees as a bare "Error". An empty number field
-    stays None (the handler's default). (An instance override, as in :func:`file_input`.)
-    """
-    low = -math.inf if component.minimum is None else component.minimum
-    high = math.inf if component.maximum is None else component.maximum
-    check = component.preprocess
-
-    def checked(payload):
-        if payload is None and isinstance(component, gr.Number):
-            return None
-        return check(number(payload, label, low, high))
-
-    component.preprocess = checked
-    return component
 
 
 class _Kept(NamedTuple):

@@ -17,7 +17,7 @@ from support import PHOTOS, bomb_zip, damaged_zip, dataset_zip, jpeg_bytes
 from nailseg import archives, outputs
 from nailseg.evaluate import coco_nails
 from nailseg.result import Nails
-from nailseg.serving import ModelStore, SessionStore, Upload, number, numeric_input
+from nailseg.serving import ModelStore, SessionStore, Upload, number, uploaded_file
 from nailseg.tabs import dataset, segment
 from nailseg.weights import WeightsError
 
@@ -184,43 +184,10 @@ def test_crop_options_refused(args, message):
         segment.crop_options(*args)
 
 
-@pytest.mark.parametrize("value", [float("nan"), float("inf"), -0.1, 1.5, "x", None])
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), -0.1, 1.5, "x", "", None, True, [0.5], {"v": 0.5}])
 def test_threshold_must_be_a_number_in_range(value):
     with pytest.raises(gr.Error, match="Score threshold must be a number from 0 to 1"):
         number(value, "Score threshold", 0, 1)
-
-
-@pytest.mark.parametrize(
-    ("payload", "expected"),
-    [
-        (0.5, 0.5),
-        (1, 1),
-        ("0.25", 0.25),  # a number written as text is still a number
-        ("abc", None),
-        ("", None),
-        ([0.5], None),
-        ({"value": 0.5}, None),
-        (True, None),
-        (float("nan"), None),
-        (None, None),  # a slider always has a value
-        (2.0, None),
-    ],
-)
-def test_numeric_inputs_refuse_what_is_not_a_number_by_name(payload, expected):
-    slider = numeric_input(gr.Slider(0.05, 1.0, label="Score threshold (long UI label)"), "Score threshold")
-    if expected is not None:
-        assert slider.preprocess(payload) == expected
-        return
-    with pytest.raises(gr.Error) as refused:
-        slider.preprocess(payload)
-    assert refused.value.message == "Score threshold must be a number from 0.05 to 1."
-
-
-def test_an_empty_number_field_keeps_its_default_and_text_is_refused():
-    field = numeric_input(gr.Number(0, precision=0, minimum=0, label="Epochs"), "Epochs")
-    assert field.preprocess(None) is None and field.preprocess(3.0) == 3
-    with pytest.raises(gr.Error, match="Epochs must be a number of at least 0"):
-        field.preprocess("ten")
 
 
 def uploads_table(tmp_path: Path, monkeypatch) -> dict[str, str | None]:
@@ -244,6 +211,15 @@ def uploads_table(tmp_path: Path, monkeypatch) -> dict[str, str | None]:
         "missing": str(folder / "abc" / "gone.jpg"),
         "url": "http://example.com/photo.jpg",
     }
+
+
+@pytest.mark.parametrize(
+    "payload", [None, "/etc/passwd", ["/etc/passwd"], {}, {"url": "http://example.com/a.jpg"}, {"path": 3}]
+)
+def test_a_payload_that_is_not_gradios_file_is_refused(tmp_path, monkeypatch, payload):
+    uploads_table(tmp_path, monkeypatch)
+    with pytest.raises(gr.Error, match="it is not a file uploaded to this server"):
+        uploaded_file(payload)
 
 
 @pytest.mark.parametrize(

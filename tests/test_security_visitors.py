@@ -88,6 +88,25 @@ def test_issue27_row1_a_file_input_takes_only_uploads(space, tmp_path, api):
     assert space.alive()
 
 
+def test_issue27_row1_holds_after_an_example_replaced_the_photo_component(space, tmp_path):
+    """Loading an example updates the photo component, and Gradio then keeps a new, plain gr.Image
+    for that visitor's session: a check living in the component would be gone for the next call."""
+    from gradio_client import Client
+    from gradio_client.exceptions import AppError
+
+    secret = tmp_path / "secret.jpg"
+    shutil.copyfile(PHOTOS[0], secret)
+    watch = OpenWatch(secret)
+    try:
+        visitor = Client(space.url, verbose=False)
+        visitor.predict(0, api_name="/load_example")  # the first example, into this session's photo
+        with pytest.raises(AppError, match=REFUSED):
+            visitor.predict({"path": str(secret), "orig_name": "photo.jpg"}, 0.5, api_name="/segment")
+        assert watch.opens() == 0
+    finally:
+        watch.close()
+
+
 @pytest.mark.parametrize("api", FILE_INPUTS)
 def test_issue27_row1_answers_never_tell_what_exists_at_a_path(space, tmp_path, api):
     (tmp_path / "folder").mkdir()
@@ -159,7 +178,7 @@ def test_issue27_a_damaged_zip_lists_its_damaged_photos(space, tmp_path):
 def test_issue27_a_threshold_that_is_not_a_number_is_named(space, threshold):
     photo = json.dumps(file_data(upload(space, PHOTOS[0]), PHOTOS[0].name))
     event, answer = call(space, "segment", raw_body=f'{{"data": [{photo}, {threshold}]}}')
-    assert event == "error" and answer["error"] == "Score threshold must be a number from 0.05 to 1.", answer
+    assert event == "error" and answer["error"] == "Score threshold must be a number from 0 to 1.", answer
 
 
 def test_issue27_a_photo_too_thin_for_a_nail_is_named(space, tmp_path):

@@ -23,7 +23,7 @@ from nailseg.dataset_zip import convert_in_child
 from nailseg.files import folder_bytes, remove_older_than, safe_stem, write_zip
 from nailseg.paths import converted_root, keep_hours
 from nailseg.sandbox import ChildFailed, ChildRefused
-from nailseg.serving import Upload, code, file_input, number, numeric_input, plain, scratch_dir
+from nailseg.serving import code, number, plain, scratch_dir, uploaded_file
 
 
 def keep_quota_bytes() -> int:
@@ -68,7 +68,7 @@ def kept_dataset_dir(zip_name: str, zip_bytes: int) -> Path:
 
 
 def convert_zip(
-    upload: Upload | None,
+    payload: dict | None,
     valid_fraction,
     keep: bool,
     request: gr.Request,
@@ -77,11 +77,14 @@ def convert_zip(
 ):
     """The ``convert_dataset`` API: a zipped dataset in; statistics, a preview and a zip of COCO files out.
 
-    With ``keep`` (the owner's), the photos and COCO files stay on the server for the Train tab;
-    otherwise nothing of the upload is left of ours once the answer is returned.
+    Its inputs arrive as sent (the event runs with ``preprocess=False``, see
+    :func:`~nailseg.serving.uploaded_file`). With ``keep`` (the owner's), the photos and COCO files
+    stay on the server for the Train tab; otherwise nothing of the upload is left of ours once the
+    answer is returned.
     """
-    if not upload:
+    if not payload:
         raise gr.Error("Upload a .zip of a dataset first.")
+    upload = uploaded_file(payload)
     valid_fraction = number(valid_fraction, "Validation share", 0, 0.5)
     if keep:
         access.require_owner(request, profile, "Keeping a dataset on the server")
@@ -116,10 +119,8 @@ def dataset_tab() -> None:
     )
     with gr.Row():
         with gr.Column():
-            archive = file_input(label="Dataset (.zip)", file_types=[".zip"], elem_id="dataset-zip")
-            valid_fraction = numeric_input(
-                gr.Slider(0.0, 0.5, value=0.2, step=0.05, label="Validation share"), "Validation share"
-            )
+            archive = gr.File(label="Dataset (.zip)", file_types=[".zip"], elem_id="dataset-zip")
+            valid_fraction = gr.Slider(0.0, 0.5, value=0.2, step=0.05, label="Validation share")
             keep = gr.Checkbox(False, label="Keep the photos on the server to train on them (Train tab; owner only)")
             button = gr.Button("Convert", variant="primary")
         with gr.Column():
@@ -133,4 +134,5 @@ def dataset_tab() -> None:
         [stats, gallery, download, summary],
         api_name="convert_dataset",
         concurrency_limit=1,
+        preprocess=False,  # the handler checks what was sent (serving.uploaded_file)
     )

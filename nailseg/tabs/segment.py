@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 
 import gradio as gr
 import numpy as np
+from gradio.image_utils import decode_base64_to_file
 
 from nailseg import access, draw, outputs
 from nailseg.files import safe_stem, unique_stems, write_zip
@@ -27,10 +28,10 @@ from nailseg.serving import (
     STORE,
     Upload,
     code,
-    file_input,
     number,
-    numeric_input,
     scratch_dir,
+    upload_folder,
+    uploaded_file,
     weights_name,
 )
 from nailseg.weights import WeightsError
@@ -88,27 +89,19 @@ class SegmentedPhoto:
         return Nails(self.boxes_xyxy[keep], masks, self.scores[keep])
 
 
-def photo_input(**kwargs) -> gr.Image:
-    """A ``gr.Image`` whose handler receives an :class:`~nailseg.serving.Upload`, undecoded.
+def uploaded_photo(payload) -> Upload | None:
+    """The photo of a ``gr.Image`` payload, undecoded, if Gradio received it for this server.
 
-    ``gr.Image`` opens the file with PIL before the handler runs, so a file that is not an image
-    fails with a bare traceback; here :func:`read_photo` decodes it and says what is wrong. And
-    ``gr.Image`` opens any path a payload gives: here only a file Gradio received is taken
-    (:meth:`~nailseg.serving.Upload.received`). (An instance override, not a subclass: Gradio
-    writes a ``.pyi`` beside subclasses' modules.)
+    ``gr.Image`` itself would open any path a payload gives, and decode the file before the handler
+    could say what is wrong with it: the Segment event runs with ``preprocess=False`` and this
+    takes the raw payload (see :func:`~nailseg.serving.uploaded_file`); :func:`read_photo` decodes.
     """
-    image = gr.Image(type="filepath", **kwargs)
-    decode = image.preprocess
-
-    def undecoded(payload):
-        if payload is None:
-            return None
-        if (payload.url or "").startswith("data:"):  # webcam and clipboard: Gradio writes the data to its folder
-            return Upload.received(decode(payload), "photo.png")
-        return Upload.received(payload.path, payload.orig_name)
-
-    image.preprocess = undecoded
-    return image
+    if not payload:
+        return None
+    url = payload.get("url") or "" if isinstance(payload, dict) else ""
+    if url.startswith("data:"):  # webcam and clipboard: written into Gradio's folder, as gr.Image does
+        return Upload.received(decode_base64_to_file(url, str(upload_folder()), "png"), "photo.png")
+    return uploaded_file(payload)
 
 
 def crop_options(margin, square, size, background, align=False) -> draw.CropOptions:
@@ -201,14 +194,18 @@ def nail_row(record: dict) -> str:
 
 
 def segment(
-    upload: Upload | None,
+    payload: dict | None,
     score_thr,
     options: draw.CropOptions,
     key: str | None,
     request: gr.Request,
     progress=gr.Progress(),
 ):
-    """The ``segment`` API: one photo and a score threshold in; see :func:`render` for what comes out."""
+    """The ``segment`` API: one photo and a score threshold in; see :func:`render` for what comes out.
+
+    Its inputs arrive as sent (the event runs with ``preprocess=False``: :func:`uploaded_photo`).
+    """
+    upload = uploaded_photo(payload)
     if not upload:
         raise gr.Error("Add a photo first (drop, paste, pick or take one).")
     score_thr = number(score_thr, "Score threshold", 0, 1)
@@ -242,12 +239,18 @@ def render_and_keep(photo: SegmentedPhoto, score_thr: float, options: draw.CropO
     return (*shown, status if key else status + NOT_KEPT), key
 
 
-def segment_batch(uploads: list[Upload] | None, score_thr, margin, square, size, background, align) -> tuple[str, str]:
-    """Several photos in; one zip out (a folder per photo, ``predictions.json``, ``crops.csv``) and a summary."""
-    if not uploads:
+def segment_batch(payload: list | None, score_thr, margin, square, size, background, align) -> tuple[str, str]:
+    """Several photos in; one zip out (a folder per photo, ``predictions.json``, ``crops.csv``) and a summary.
+
+    Its inputs arrive as sent (the event runs with ``preprocess=False``): each file is checked by
+    :func:`~nailseg.serving.uploaded_file`, and one that is refused ends the request.
+    """
+    if not payload:
         raise gr.Error("Add one or more photos first.")
-    if len(uploads) > MAX_BATCH:
-        raise gr.Error(f"At most {MAX_BATCH} photos at once ({len(uploads)} given).")
+    payload = payload if isinstance(payload, list) else [payload]
+    if len(payload) > MAX_BATCH:
+        raise gr.Error(f"At most {MAX_BATCH} photos at once ({len(payload)} given).")
+    uploads = [uploaded_file(file) for file in payload]
     options = crop_options(margin, square, size, background, align)
     score_thr = number(score_thr, "Score threshold", 0, 1)
     out = scratch_dir()
@@ -294,23 +297,24 @@ def segment_tab(examples: list[str]) -> Callable[[Dependency], None]:
     session = gr.State(None)  # a key into SESSIONS: what is kept is bounded there, not here
     with gr.Row():
         with gr.Column():
-            photo = photo_input(label="Photo", sources=["upload", "clipboard", "webcam"], height=360, elem_id="photo")
-            # The model's own default threshold, read again at every page load (the owner may switch models).
-            score = numeric_input(
-                gr.Slider(0.05, 1.0, value=STORE.score_thr, step=0.01, label="Score threshold", elem_id="score"),
-                "Score threshold",
+            photo = gr.Image(
+                type="filepath", label="Photo", sources=["upload", "clipboard", "webcam"], height=360, elem_id="photo"
             )
+            # The model's own default threshold, read again at every page load (the owner may switch models).
+            score = gr.Slider(0.05, 1.0, value=STORE.score_thr, step=0.01, label="Score threshold", elem_id="score")
             button = gr.Button("Segment", variant="primary")
             with gr.Accordion("Crop options (for a classifier)", open=False):
-                margin = numeric_input(
-                    gr.Slider(0.0, 1.0, CROPS.margin, step=0.05, label="Margin (fraction of the box's longer side)"),
-                    "Margin",
+                margin = gr.Slider(
+                    0.0, 1.0, value=CROPS.margin, step=0.05, label="Margin (fraction of the box's longer side)"
                 )
                 square = gr.Checkbox(value=CROPS.square, label="Square (pad to a square)")
                 size = gr.Number(
-                    CROPS.size, precision=0, minimum=0, maximum=MAX_CROP_SIZE, label="Output size (px, 0 = as cut)"
+                    value=CROPS.size,
+                    precision=0,
+                    minimum=0,
+                    maximum=MAX_CROP_SIZE,
+                    label="Output size (px, 0 = as cut)",
                 )
-                size = numeric_input(size, "Output size")
                 background = gr.Radio(BACKGROUNDS, value="keep", label="Background in box crops")
                 align = gr.Checkbox(value=CROPS.align, label="Align: long axis vertical, tip up where it can be told")
             gr.Examples(examples, inputs=photo, elem_id="examples")
@@ -327,7 +331,7 @@ def segment_tab(examples: list[str]) -> Callable[[Dependency], None]:
         table = gr.Markdown(label="Nails", elem_id="nails-table")
         records = gr.JSON(label="Nails (JSON)")
     with gr.Accordion("Several photos at once", open=False):
-        batch_files = file_input(file_count="multiple", file_types=["image"], label=f"Photos (up to {MAX_BATCH})")
+        batch_files = gr.File(file_count="multiple", file_types=["image"], label=f"Photos (up to {MAX_BATCH})")
         batch_button = gr.Button("Segment all")
         batch_zip = gr.File(label="Download (one folder per photo)")
         batch_summary = gr.Markdown()
@@ -343,8 +347,15 @@ def segment_tab(examples: list[str]) -> Callable[[Dependency], None]:
             gr.Markdown(f"This server is public: loading weights is for its owner. {access.how_to_be_owner()}")
 
     shown = [overlay, table, records, gallery, download, status]
+    # A visitor's inputs reach these handlers as sent (preprocess=False): each handler checks them
+    # itself, files by serving.uploaded_file, numbers by serving.number.
     button.click(
-        segment, [photo, score, options_state, session], [*shown, session], api_name="segment", concurrency_limit=2
+        segment,
+        [photo, score, options_state, session],
+        [*shown, session],
+        api_name="segment",
+        concurrency_limit=2,
+        preprocess=False,
     )
     gr.on(
         [score.release, margin.release, square.change, size.change, background.change, align.change],
@@ -352,6 +363,7 @@ def segment_tab(examples: list[str]) -> Callable[[Dependency], None]:
         [session, score, margin, square, size, background, align],
         [*shown, options_state, session],
         api_name="render",
+        preprocess=False,
     )
     batch_button.click(
         segment_batch,
@@ -359,6 +371,7 @@ def segment_tab(examples: list[str]) -> Callable[[Dependency], None]:
         [batch_zip, batch_summary],
         api_name="segment_batch",
         concurrency_limit=1,
+        preprocess=False,
     )
     status.change(STORE.status, None, weights_status, api_visibility="private", show_progress="hidden")
 

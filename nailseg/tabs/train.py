@@ -28,7 +28,7 @@ from nailseg.distributed import gpu_count
 from nailseg.files import write_zip
 from nailseg.jobs import JobError, JobStatus, TrainingJobs, TrainRequest
 from nailseg.paths import BUNDLED_WEIGHTS, CONFIG_DIR, DEFAULT_CONFIG, converted_root
-from nailseg.serving import STORE, code, number, numeric_input, scratch_dir
+from nailseg.serving import STORE, code, number, scratch_dir
 
 if TYPE_CHECKING:
     from gradio.events import Dependency
@@ -364,13 +364,10 @@ def train_tab(demo: gr.Blocks) -> Dependency:
     )
     with gr.Row():
         epochs = gr.Number(0, precision=0, minimum=0, label="Epochs (0: the config's schedule)")
-        epochs = numeric_input(epochs, "Epochs")
-        batch_size = numeric_input(gr.Number(4, precision=0, minimum=1, label="Batch size"), "Batch size")
-        lr = numeric_input(gr.Number(0, minimum=0, label="Learning rate (0: the config's)"), "Learning rate")
+        batch_size = gr.Number(4, precision=0, minimum=1, label="Batch size")
+        lr = gr.Number(0, minimum=0, label="Learning rate (0: the config's)")
         # Shown on page load where torch sees several GPUs (gpus_field).
-        gpus = numeric_input(
-            gr.Number(1, precision=0, minimum=1, label="GPUs", visible=False, elem_id="train-gpus"), "GPUs"
-        )
+        gpus = gr.Number(1, precision=0, minimum=1, label="GPUs", visible=False, elem_id="train-gpus")
     overrides = gr.Textbox(
         label=f"Config overrides (optional; {', '.join(OVERRIDES)})", placeholder="train_cfg.max_iters=100 ..."
     )
