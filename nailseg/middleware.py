@@ -27,6 +27,7 @@ from collections import defaultdict, deque
 from pathlib import PurePosixPath
 from types import SimpleNamespace
 
+import gradio as gr
 from starlette.middleware import Middleware
 from starlette.requests import Request
 
@@ -50,32 +51,42 @@ def stack() -> list[Middleware]:
 
 
 class _Window:
-    """Amounts per client address over the last ``seconds`` (thread-safe)."""
+    """Amounts per client address over the last ``seconds`` (thread-safe); older ones are forgotten,
+    and so are addresses with none left (swept once a window), so memory follows recent clients."""
 
     def __init__(self, seconds: float) -> None:
         self.seconds = seconds
         self._events: dict[str, deque[tuple[float, float]]] = defaultdict(deque)
+        self._swept = time.monotonic()
         self._lock = threading.Lock()
 
     def add(self, client: str, amount: float) -> None:
         with self._lock:
-            self._events[client].append((time.monotonic(), amount))
+            now = time.monotonic()
+            self._events[client].append((now, amount))
+            if now - self._swept > self.seconds:
+                for other in list(self._events):
+                    self._forget_old(other, now)
+                self._swept = now
 
     def total(self, client: str) -> float:
-        """The client's amounts within the window; older ones are forgotten."""
+        """The client's amounts within the window."""
         with self._lock:
-            events, cutoff = self._events.get(client), time.monotonic() - self.seconds
-            while events and events[0][0] < cutoff:
-                events.popleft()
-            if events is not None and not events:
-                del self._events[client]
-            return sum(amount for _, amount in events or ())
+            return sum(amount for _, amount in self._forget_old(client, time.monotonic()))
 
     def wait_s(self, client: str) -> float:
         """Seconds until the client's oldest amount leaves the window."""
         with self._lock:
             events = self._events.get(client)
             return max(0.0, events[0][0] + self.seconds - time.monotonic()) if events else 0.0
+
+    def _forget_old(self, client: str, now: float) -> deque[tuple[float, float]]:
+        events = self._events.get(client, deque())
+        while events and events[0][0] < now - self.seconds:
+            events.popleft()
+        if not events:
+            self._events.pop(client, None)
+        return events
 
 
 class UploadShares:
@@ -183,8 +194,6 @@ def _gradio_user(scope) -> str | None:
 
 def _is_owner(scope) -> bool:
     """:func:`nailseg.access.is_owner` for a raw request: Gradio's login, or Hugging Face sign-in."""
-    import gradio as gr
-
     info = (scope.get("session") or {}).get("oauth_info") or {}
     profile = gr.OAuthProfile(info["userinfo"]) if "userinfo" in info else None
     return access.is_owner(SimpleNamespace(username=_gradio_user(scope)), profile)

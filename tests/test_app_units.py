@@ -235,6 +235,32 @@ def test_only_files_gradio_received_are_uploads(tmp_path, monkeypatch, kind):
     assert refused.value.message == "Cannot use `mine.jpg`: it is not a file uploaded to this server (or not any more)."
 
 
+def data_url(data: bytes) -> str:
+    import base64
+
+    return "data:image/png;base64," + base64.b64encode(data).decode()
+
+
+@pytest.mark.parametrize(
+    ("url", "readable"),
+    [
+        (data_url(jpeg_bytes(np.zeros((8, 8, 3), np.uint8))), True),
+        (data_url(b"this is text, not a picture"), False),
+        ("data:image/png;base64,%%%not base64%%%", False),
+        ("data:", False),
+    ],
+    ids=["picture", "text", "not-base64", "empty"],
+)
+def test_a_webcam_picture_is_written_into_gradios_folder(tmp_path, monkeypatch, url, readable):
+    monkeypatch.setenv("GRADIO_TEMP_DIR", str(tmp_path / "gradio"))
+    if readable:
+        upload = segment.uploaded_photo({"path": None, "url": url})
+        assert Path(upload.path).is_relative_to(tmp_path / "gradio") and upload.name == "photo.png"
+    else:
+        with pytest.raises(gr.Error, match="Cannot use `photo.png`: not a readable image"):
+            segment.uploaded_photo({"path": None, "url": url})
+
+
 def photo(name: str, height: int, width: int, n: int = 0) -> segment.SegmentedPhoto:
     boxes = np.array([[1, 1, 5, 5]] * n, np.float32).reshape(n, 4)
     masks = np.zeros((n, height, width), bool)

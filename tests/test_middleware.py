@@ -80,3 +80,16 @@ def test_the_quota_forgets_after_its_window(monkeypatch):
 )
 def test_the_login_page_loses_the_api_description(page, expected):
     assert middleware._without_api_info(page) == expected
+
+
+def test_a_window_forgets_addresses_with_nothing_left(monkeypatch):
+    """Memory follows recent clients: an address whose amounts have all left the window is dropped."""
+    import time
+
+    window = middleware._Window(60)
+    window.add("151.101.1.1", 5)
+    assert window.total("151.101.1.1") == 5 and 0 < window.wait_s("151.101.1.1") <= 60
+    now = time.monotonic()
+    monkeypatch.setattr(time, "monotonic", lambda: now + 61)
+    window.add("151.101.2.2", 1)  # a window later: the sweep
+    assert list(window._events) == ["151.101.2.2"] and window.total("151.101.1.1") == 0

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 import gradio as gr
 import numpy as np
 from gradio.image_utils import decode_base64_to_file
+from PIL import Image
 
 from nailseg import access, draw, outputs
 from nailseg.files import safe_stem, unique_stems, write_zip
@@ -98,10 +99,19 @@ def uploaded_photo(payload) -> Upload | None:
     """
     if not payload:
         return None
-    url = payload.get("url") or "" if isinstance(payload, dict) else ""
-    if url.startswith("data:"):  # webcam and clipboard: written into Gradio's folder, as gr.Image does
-        return Upload.received(decode_base64_to_file(url, str(upload_folder()), "png"), "photo.png")
+    url = payload.get("url") if isinstance(payload, dict) else None
+    if isinstance(url, str) and url.startswith("data:"):  # webcam and clipboard
+        return picture_from_data_url(url)
     return uploaded_file(payload)
+
+
+def picture_from_data_url(url: str) -> Upload:
+    """A webcam or clipboard picture, written into Gradio's folder as ``gr.Image`` would write it."""
+    try:
+        path = decode_base64_to_file(url, str(upload_folder()), "png")
+    except (ValueError, OSError, Image.DecompressionBombError):  # not base64, not an image, too large
+        raise gr.Error("Cannot use `photo.png`: not a readable image.") from None
+    return Upload.received(path, "photo.png")
 
 
 def crop_options(margin, square, size, background, align=False) -> draw.CropOptions:
@@ -231,7 +241,9 @@ def redraw(key: str | None, score_thr, margin, square, size, background, align, 
     return (*shown, options, key)
 
 
-def render_and_keep(photo: SegmentedPhoto, score_thr: float, options: draw.CropOptions, key: str | None, request):
+def render_and_keep(
+    photo: SegmentedPhoto, score_thr: float, options: draw.CropOptions, key: str | None, request: gr.Request
+):
     """:func:`render`'s outputs, and the photo kept for redraws under ``key`` (None: not kept, and the
     status line says so) within the share of the request's client address."""
     key = SESSIONS.put(photo, photo.nbytes, key, access.client_address(request))
