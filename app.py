@@ -15,7 +15,7 @@ from pathlib import Path
 
 import gradio as gr
 
-from nailseg import access
+from nailseg import access, middleware
 from nailseg.files import remove_older_than
 from nailseg.paths import converted_root, keep_hours
 from nailseg.serving import STORE, exit_on_sigterm
@@ -49,9 +49,13 @@ with gr.Blocks(title="NailSeg", delete_cache=(120, 600)) as demo:
 
 if __name__ == "__main__":
     exit_on_sigterm()
-    # A bounded queue; uploads (dataset zips) up to 2 GB. Concurrency per event is set in the tabs.
+    # A bounded queue; uploads (dataset zips) up to 2 GB, within each address's share (middleware).
+    # Concurrency per event is set in the tabs.
     demo.queue(max_size=int(os.environ.get("NAILSEG_QUEUE_SIZE", "32")), default_concurrency_limit=1).launch(
-        max_file_size="2gb", auth=access.auth_pairs(), prevent_thread_lock=True
+        max_file_size="2gb",
+        auth=access.auth_pairs(),
+        app_kwargs={"middleware": middleware.stack()},
+        prevent_thread_lock=True,
     )
     STORE.load_in_background()  # once the page answers: importing torch and mmdet takes seconds
     demo.block_thread()

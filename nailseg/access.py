@@ -11,6 +11,8 @@ or ``GRADIO_SERVER_NAME`` not loopback) they need one of:
   asks for a login): the user must be listed in ``$NAILSEG_OWNERS``, or any user when it is unset.
 
 With neither configured, owner actions are off on a public server.
+
+Fair shares (kept photos, uploads) are per client address: :func:`client_address`.
 """
 
 from __future__ import annotations
@@ -21,6 +23,9 @@ import os
 import gradio as gr
 
 _LOOPBACK_NAMES = {"localhost", ""}
+
+
+OWNER_FILE_PREFIX = "owner-only-"  # files named so are served to the owner only (nailseg.middleware.OwnerFiles)
 
 
 class NotOwner(gr.Error):
@@ -88,3 +93,38 @@ def how_to_be_owner() -> str:
         "Owner actions are off on this public server: set NAILSEG_AUTH, or enable Hugging Face "
         "sign-in (hf_oauth: true), and NAILSEG_OWNERS."
     )
+
+
+def owner_file_name(name: str) -> str:
+    """The name to give a file handed to Gradio that only the owner may download (exported weights)."""
+    return OWNER_FILE_PREFIX + name
+
+
+def client_address(request) -> str:
+    """Who a request comes from, for fair shares: an IPv4 address, or an IPv6 one's /64 network.
+
+    ``request`` is a ``gr.Request`` or a Starlette request. When the direct peer is a private or
+    loopback address (the proxy in front of a Space, a local reverse proxy), ``X-Forwarded-For``
+    is read from the right, past private hops, to the first public address: the one the proxies
+    saw. Entries left of it are whatever the client wrote, and are never read; a server facing
+    the internet directly ignores the header.
+    """
+    peer = getattr(getattr(request, "client", None), "host", None) or ""
+    forwarded = [hop.strip() for hop in (request.headers.get("x-forwarded-for") or "").split(",") if hop.strip()]
+    address = _ip(peer)
+    for hop in reversed(forwarded):
+        if address is None or not (address.is_private or address.is_loopback) or _ip(hop) is None:
+            break
+        address = _ip(hop)
+    if address is None:
+        return peer or "unknown"
+    if address.version == 6:  # one client holds a whole /64
+        return str(ipaddress.ip_network(f"{address}/64", strict=False))
+    return str(address)
+
+
+def _ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    try:
+        return ipaddress.ip_address(text)
+    except ValueError:
+        return None

@@ -2,7 +2,8 @@
 
 :func:`check_archive` refuses a zip from its directory alone (names, kinds, sizes, compression
 ratios); :func:`extract_archive` writes only regular files inside the target folder and lists,
-rather than fails on, members it cannot write (a name too long, two names for one file).
+rather than fails on, members it cannot write (a name too long, two names for one file) or read
+(a bad checksum, corrupt compressed data, encryption).
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import shutil
 import stat
 import zipfile
+import zlib
 from pathlib import Path, PurePosixPath
 
 MAX_MEMBERS = 50_000
@@ -96,12 +98,35 @@ def extract_archive(zip_path: str | Path, dest: Path) -> tuple[Path, list[tuple[
                 folders.add(rel)
                 target.mkdir(parents=True, exist_ok=True)
                 continue
-            files.add(rel)
             target.parent.mkdir(parents=True, exist_ok=True)
-            with zf.open(info) as src, open(target, "wb") as dst:  # zipfile stops at the declared size
-                shutil.copyfileobj(src, dst)
+            if damage := _extract_member(zf, info, target):
+                problems.append((info.filename[:300], f"cannot be read from the zip: {damage}"))
+                continue
+            files.add(rel)
     entries = [p for p in dest.iterdir() if not p.name.startswith(".")]
     return (entries[0] if len(entries) == 1 and entries[0].is_dir() else dest), problems
+
+
+def _extract_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, target: Path) -> str | None:
+    """Write one member to ``target``; what is wrong with it (nothing left at ``target``) or None."""
+    if info.flag_bits & 0x1:
+        return "it is encrypted"
+    try:
+        with zf.open(info) as src, open(target, "wb") as dst:  # zipfile stops at the declared size
+            shutil.copyfileobj(src, dst)
+        return None
+    except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError) as err:
+        target.unlink(missing_ok=True)
+        return _DAMAGE.get(type(err), "it is damaged")
+
+
+# What each error of a damaged member means, in a person's words.
+_DAMAGE = {
+    zipfile.BadZipFile: "its checksum does not match (a damaged download?)",
+    zlib.error: "its compressed data are corrupt",
+    EOFError: "it is cut short",
+    NotImplementedError: "it is compressed with a method this server does not read",
+}
 
 
 def _name_problem(rel: PurePosixPath, is_dir: bool, files: set, folders: set) -> str | None:

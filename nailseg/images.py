@@ -3,16 +3,31 @@
 from __future__ import annotations
 
 import io
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import cv2
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"})  # any case
 # A 50-megapixel phone photo is fine; larger is almost surely a mistake or a decompression bomb.
 MAX_PIXELS = 60_000_000
+MAX_ASPECT = 20  # a photo of a hand is never thinner; the model's resize fails on a 1 px side
 _ROTATED = {5, 6, 7, 8}  # EXIF orientations that swap width and height
+# EXIF orientation -> the transpose that shows the photo the right way up (as ImageOps.exif_transpose).
+_TRANSPOSE = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+_REDUCIBLE = {"L", "LA", "RGB", "RGBA", "CMYK", "I", "F"}  # modes Image.reduce averages correctly
 
 
 class ImageError(ValueError):
@@ -67,36 +82,19 @@ def load_image_rgb(
     Args:
         source: a file path, the file's bytes, or an opened PIL image.
         max_pixels: refuse photos with more pixels than this (checked from the header).
-        max_side: shrink so that the longer side is at most this (see :func:`fit_within`); a JPEG
-            is then decoded at a reduced scale directly, which takes a fraction of the memory.
+        max_side: shrink so that the longer side is at most this (see :func:`fit_within`). A JPEG
+            is then decoded at a reduced scale directly; any other format is shrunk as soon as
+            it is decoded, before any copy (see :func:`_decode`).
 
     Raises:
-        ImageError: empty, truncated, not an image, or larger than ``max_pixels``. The message
-            never names a path.
+        ImageError: empty, truncated, not an image, larger than ``max_pixels`` or thinner than
+            ``MAX_ASPECT``. The message never names a path.
     """
     try:
-        if isinstance(source, Image.Image):
-            im = source
-        else:
-            if isinstance(source, bytes):
-                if not source:
-                    raise ImageError("the file is empty (0 bytes)")
-                im = Image.open(io.BytesIO(source))
-            else:
-                if Path(source).stat().st_size == 0:
-                    raise ImageError("the file is empty (0 bytes)")
-                im = Image.open(source)
-        if im.width * im.height > max_pixels:
-            raise ImageError(
-                f"the photo is {im.width}x{im.height} ({im.width * im.height / 1e6:.0f} MP); "
-                f"the limit is {max_pixels / 1e6:.0f} MP"
-            )
-        if max_side and im.format == "JPEG":
-            scale = max_side / max(im.size)
-            im.draft("RGB", (max(1, round(im.width * scale)), max(1, round(im.height * scale))))
-        im.load()
-        im = ImageOps.exif_transpose(im)
-        rgb = _to_rgb(im)
+        im = _open(source)
+        _check_size(im.width, im.height, max_pixels)
+        with DECODING.hold(4 * im.width * im.height):  # Pillow's 4 bytes a pixel, at full size
+            rgb = _to_rgb(_decode(im, max_side))
         return fit_within(rgb, max_side)[0] if max_side else rgb
     except ImageError:
         raise
@@ -108,6 +106,92 @@ def load_image_rgb(
         if "truncated" in str(err).lower():
             raise ImageError("the image file is truncated (incomplete download?)") from err
         raise ImageError(f"not a readable image ({_no_path(err)})") from err
+
+
+def _open(source: str | Path | bytes | Image.Image) -> Image.Image:
+    """The image, opened lazily (header only); an empty file is an :class:`ImageError`."""
+    if isinstance(source, Image.Image):
+        return source
+    if isinstance(source, bytes):
+        if not source:
+            raise ImageError("the file is empty (0 bytes)")
+        return Image.open(io.BytesIO(source))
+    if Path(source).stat().st_size == 0:
+        raise ImageError("the file is empty (0 bytes)")
+    return Image.open(source)
+
+
+def _check_size(width: int, height: int, max_pixels: int) -> None:
+    """Refuse, from the header, a photo with too many pixels or too thin to hold a nail."""
+    if width * height > max_pixels:
+        raise ImageError(
+            f"the photo is {width}x{height} ({width * height / 1e6:.0f} MP); the limit is {max_pixels / 1e6:.0f} MP"
+        )
+    if max(width, height) > MAX_ASPECT * max(1, min(width, height)):
+        raise ImageError(f"the photo is {width}x{height} px: one side is more than {MAX_ASPECT} times the other")
+
+
+def _decode(im: Image.Image, max_side: int | None) -> Image.Image:
+    """Decode ``im``, EXIF orientation applied, shrunk toward ``max_side`` as early as its format allows.
+
+    A JPEG is decoded at 1/2, 1/4 or 1/8 scale (``draft``). Other formats (PNG, TIFF, WebP, BMP)
+    can only be decoded whole: the full-size image is reduced by a whole factor at once, so that
+    it is the only full-size copy (rotating, converting and compositing then work on the small
+    one). A 59 MP PNG shrunk to 1,600 px peaks at its decoded size instead of about four times it.
+    """
+    if max_side and im.format == "JPEG":
+        scale = max_side / max(im.size)
+        im.draft("RGB", (max(1, round(im.width * scale)), max(1, round(im.height * scale))))
+    im.load()
+    orientation = _orientation(im)  # after load: a PNG's eXIf chunk may follow its pixels
+    factor = max(im.size) // max_side if max_side else 1
+    if factor >= 2:
+        im = _reducible(im).reduce(factor)
+    return im.transpose(_TRANSPOSE[orientation]) if orientation in _TRANSPOSE else im
+
+
+def _reducible(im: Image.Image) -> Image.Image:
+    """``im`` in a mode whose pixels ``Image.reduce`` may average (not palette indices, not 16-bit)."""
+    if im.mode in _REDUCIBLE:
+        return im
+    if im.mode.startswith("I;16"):
+        return im.convert("I")  # keeps the values: _to_rgb scales them to 8 bits
+    if im.mode == "1":
+        return im.convert("L")
+    return im.convert("RGBA" if im.mode in ("PA", "P") and _transparent(im) else "RGB")
+
+
+def _transparent(im: Image.Image) -> bool:
+    return im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info)
+
+
+class _MemoryBudget:
+    """Bytes that full-size decodes in progress may take together; a decode waits for its share.
+
+    Whatever the number of requests at once, decoding never takes more than ``total`` (a photo
+    larger than that decodes alone).
+    """
+
+    def __init__(self, total: int) -> None:
+        self.total = total
+        self._used = 0
+        self._free = threading.Condition()
+
+    @contextmanager
+    def hold(self, nbytes: int) -> Iterator[None]:
+        nbytes = min(nbytes, self.total)
+        with self._free:
+            self._free.wait_for(lambda: self._used + nbytes <= self.total)
+            self._used += nbytes
+        try:
+            yield
+        finally:
+            with self._free:
+                self._used -= nbytes
+                self._free.notify_all()
+
+
+DECODING = _MemoryBudget(256 * 1024**2)  # one 60 MP photo at a time, or five of a phone's 12 MP
 
 
 def _no_path(err: Exception) -> str:
@@ -126,7 +210,7 @@ def _to_rgb(im: Image.Image) -> np.ndarray:
         peak = arr.max() if arr.size and arr.max() > 0 else 1.0
         grey = (arr / (65535.0 if peak > 255 else 255.0) * 255.0).clip(0, 255).astype(np.uint8)
         return np.repeat(grey[..., None], 3, axis=2)
-    if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
+    if _transparent(im):
         im = im.convert("RGBA")
         background = Image.new("RGBA", im.size, (255, 255, 255, 255))
         im = Image.alpha_composite(background, im)

@@ -3,7 +3,7 @@
 * ``STORE``: the model in use, loaded in the background at start (the page answers first) and
   switchable at run time by the owner.
 * ``SESSIONS``: each visitor's last segmented photo, kept at working size for redraws, bounded
-  in bytes (per visitor and in total) and in time.
+  in bytes (per photo, per client address and in total) and in time; no address evicts another's.
 * Scratch folders hold the files handed to Gradio (zips), which copies them into its own cache;
   ours go a minute later, at exit and on SIGTERM, and those of a process that died are removed
   at the next start.
@@ -29,6 +29,7 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import gradio as gr
 
@@ -70,10 +71,57 @@ def scratch_dir() -> Path:
 
 @dataclass(frozen=True)
 class Upload:
-    """A visitor's file: where Gradio stored it, and the name the visitor gave it."""
+    """A visitor's file: where Gradio stored it, and the name the visitor gave it.
+
+    Made only by :meth:`received`, which checks that Gradio itself received the file.
+    """
 
     path: str
     name: str
+
+    @classmethod
+    def received(cls, path: str | None, name: str | None = None) -> Upload:
+        """The file at ``path`` if Gradio received it for this server, else a refusal.
+
+        A request names its files by path. Gradio checks that path only in payloads marked as its
+        own (``meta: {"_type": "gradio.FileData"}``), and a component may open whatever else it is
+        given; so every file input checks again here, whatever the payload said. Accepted: a
+        regular file inside Gradio's upload folder, symlinks resolved. A path outside it is refused
+        before the file system is asked anything, and every refusal reads the same, so an answer
+        never tells what exists at a path.
+
+        Raises:
+            gr.Error: the path is not a file Gradio received (or it was deleted since).
+        """
+        path = path if isinstance(path, str) else ""
+        name = name if isinstance(name, str) and name else Path(path).name or "the file"
+        if path and _inside_upload_folder(path) and os.path.isfile(os.path.realpath(path)):
+            return cls(os.path.realpath(path), name)
+        raise gr.Error(f"Cannot use {code(name)}: it is not a file uploaded to this server (or not any more).")
+
+
+def upload_folder() -> Path:
+    """Where Gradio keeps what this server received: uploads, webcam pictures, answers' files."""
+    return Path(gr.utils.get_upload_folder()).resolve()
+
+
+def _inside_upload_folder(path: str) -> bool:
+    """``path`` lies in :func:`upload_folder`: first as written (no file system access), then with links resolved."""
+    root = upload_folder()
+    return Path(os.path.abspath(path)).is_relative_to(root) and Path(os.path.realpath(path)).is_relative_to(root)
+
+
+def uploaded_file(payload) -> Upload:
+    """The file of one of Gradio's file payloads (``{"path": ..., "orig_name": ...}``), checked by
+    :meth:`Upload.received`; anything else is refused the same way.
+
+    The app's events that take a visitor's input run with ``preprocess=False`` and check the raw
+    payload here: a component's own preprocessing may open the path first (``gr.Image`` does),
+    and an override of it does not last, since an event that updates a component (loading an
+    example does) replaces it in the visitor's session by a plain one.
+    """
+    payload = payload if isinstance(payload, dict) else {}
+    return Upload.received(payload.get("path"), payload.get("orig_name"))
 
 
 class ModelStore:
@@ -161,7 +209,12 @@ class ModelStore:
 
 
 def _load_with_fallback(spec: str | None):
-    """Load ``spec``; when the Hub is unreachable, the bundled model and a notice instead."""
+    """Load ``spec``; when the Hub is unreachable, the bundled model and a notice instead.
+
+    Raises:
+        WeightsError: the weights cannot be loaded, their config included: a config of a shape
+            the loader does not expect (``"type": {}``) fails there with a TypeError or the like.
+    """
     from nailseg.inference import load_model
 
     try:
@@ -170,6 +223,8 @@ def _load_with_fallback(spec: str | None):
         if not BUNDLED_WEIGHTS.is_file():
             raise WeightsError("the Hub is unreachable and the bundled model is missing") from None
         return load_model(BUNDLED_WEIGHTS), "Hub unreachable: using the bundled model"
+    except (TypeError, KeyError, AttributeError, IndexError) as err:
+        raise WeightsError(f"their config is not one this project reads ({type(err).__name__})") from err
 
 
 def describe(model, notice: str = "") -> str:
@@ -202,9 +257,9 @@ def code(text: str) -> str:
 
 
 def number(value, label: str, low: float, high: float) -> float:
-    """``value`` as a float in ``[low, high]``, else a clear error (NaN and infinities included)."""
+    """``value`` as a float in ``[low, high]``, else a clear error (NaN, infinities, text and booleans included)."""
     try:
-        value = float(value if value is not None else "nan")
+        value = float("nan" if value is None or isinstance(value, bool) else value)
     except (TypeError, ValueError):
         value = math.nan
     if not (math.isfinite(value) and low <= value <= high):
@@ -212,59 +267,90 @@ def number(value, label: str, low: float, high: float) -> float:
     return value
 
 
+class _Kept(NamedTuple):
+    used: float  # time.monotonic() of the last use
+    nbytes: int
+    value: object
+    client: str  # the client address that keeps it
+
+
 class SessionStore:
     """Values kept per visitor (e.g. a segmented photo for redraws), bounded in bytes and time.
 
-    The visitor's ``gr.State`` holds only the key. The least recently used entries go when the
-    total passes ``max_total_bytes``; any entry goes ``ttl_s`` seconds after its last use; a value
-    larger than ``max_item_bytes`` is not kept at all (the visitor segments again to redraw).
+    The visitor's ``gr.State`` holds only the key. Fair shares: each client address keeps at
+    most ``max_client_bytes`` in all its sessions, and making room for a value evicts only that
+    address's own least recently used values, never another's. When the whole store
+    (``max_total_bytes``) is full of others' values, a new one is not kept (the visitor segments
+    again to redraw) until they expire, ``ttl_s`` seconds after their last use. A value larger
+    than ``max_item_bytes`` is never kept.
     """
 
-    def __init__(self, max_item_bytes: int, max_total_bytes: int, ttl_s: float) -> None:
-        self.max_item_bytes, self.max_total_bytes, self.ttl_s = max_item_bytes, max_total_bytes, ttl_s
-        self._items: OrderedDict[str, tuple[float, int, object]] = OrderedDict()
+    def __init__(self, max_item_bytes: int, max_client_bytes: int, max_total_bytes: int, ttl_s: float) -> None:
+        self.max_item_bytes, self.max_client_bytes = max_item_bytes, max_client_bytes
+        self.max_total_bytes, self.ttl_s = max_total_bytes, ttl_s
+        self._items: OrderedDict[str, _Kept] = OrderedDict()  # least recently used first
         self._lock = threading.Lock()
 
-    def put(self, value: object, nbytes: int, key: str | None = None) -> str | None:
-        """Keep ``value`` (``nbytes`` large) under ``key`` (a new one by default); None when too large."""
+    def put(self, value: object, nbytes: int, key: str | None = None, client: str = "") -> str | None:
+        """Keep ``value`` (``nbytes`` large) for ``client`` under ``key`` (a new one by default).
+
+        Returns:
+            The key, or None when the value is not kept (too large, or no room left by others).
+        """
         with self._lock:
             if key is not None:
                 self._items.pop(key, None)
+            self._expire()
             if nbytes > self.max_item_bytes:
                 return None
+            self._make_room(client, nbytes)
+            if not self._fits(client, nbytes):
+                return None
             key = key or secrets.token_urlsafe(16)
-            self._items[key] = (time.monotonic(), nbytes, value)
-            self._evict()
-            return key if key in self._items else None
+            self._items[key] = _Kept(time.monotonic(), nbytes, value, client)
+            return key
 
     def get(self, key: str | None):
         """The value under ``key``, or None when it expired, was evicted or never existed."""
         with self._lock:
-            self._evict()
+            self._expire()
             if key is None or key not in self._items:
                 return None
-            _, nbytes, value = self._items.pop(key)
-            self._items[key] = (time.monotonic(), nbytes, value)
-            return value
+            kept = self._items.pop(key)
+            self._items[key] = kept._replace(used=time.monotonic())
+            return kept.value
 
     @property
     def total_bytes(self) -> int:
         with self._lock:
-            return sum(n for _, n, _ in self._items.values())
+            return self._bytes()
 
     def __len__(self) -> int:
         return len(self._items)
 
-    def _evict(self) -> None:
+    def _bytes(self, client: str | None = None) -> int:
+        return sum(k.nbytes for k in self._items.values() if client is None or k.client == client)
+
+    def _expire(self) -> None:
         now = time.monotonic()
-        for key in [k for k, (t, _, _) in self._items.items() if now - t > self.ttl_s]:
+        for key in [k for k, kept in self._items.items() if now - kept.used > self.ttl_s]:
             del self._items[key]
-        total = sum(n for _, n, _ in self._items.values())
-        while total > self.max_total_bytes and self._items:
-            _, (_, nbytes, _) = self._items.popitem(last=False)
-            total -= nbytes
+
+    def _fits(self, client: str, nbytes: int) -> bool:
+        """``nbytes`` more for ``client`` stay within its share and the store's bound."""
+        return self._bytes(client) + nbytes <= self.max_client_bytes and self._bytes() + nbytes <= self.max_total_bytes
+
+    def _make_room(self, client: str, nbytes: int) -> None:
+        """Evict ``client``'s own least recently used values (only those) until ``nbytes`` more fit."""
+        for key in [key for key, kept in self._items.items() if kept.client == client]:
+            if self._fits(client, nbytes):
+                return
+            del self._items[key]
 
 
 STORE = ModelStore()
-# A working-size photo (<= 1600 px) and its nails take up to ~8 MB: 256 MB keep 30+ visitors.
-SESSIONS = SessionStore(max_item_bytes=32 * 1024**2, max_total_bytes=256 * 1024**2, ttl_s=15 * 60)
+# A working-size photo (<= 1600 px) and its nails take up to ~8 MB: 256 MB keep 30+ visitors, and
+# an address with many sessions (a script, an office behind one address) keeps 64 MB of them.
+SESSIONS = SessionStore(
+    max_item_bytes=32 * 1024**2, max_client_bytes=64 * 1024**2, max_total_bytes=256 * 1024**2, ttl_s=15 * 60
+)

@@ -2,18 +2,23 @@
 
 from __future__ import annotations
 
+import ctypes
 import importlib.util
 import io
+import json
 import os
 import socket
+import struct
 import subprocess
 import sys
 import time
 import urllib.error
 import urllib.request
 import zipfile
+import zlib
 from pathlib import Path
 
+import httpx
 import numpy as np
 import pytest
 from PIL import Image
@@ -148,6 +153,27 @@ def dataset_zip(path: Path, photos: list[Path] = PHOTOS, wrap: str = "nails") ->
     return path
 
 
+def damaged_zip(path: Path, photos: list[Path] = PHOTOS[:3]) -> Path:
+    """A YOLO-seg dataset zip of ``photos`` whose first photo fails its checksum (stored, a byte
+    changed) and whose second has corrupt deflate data (a block type that does not exist)."""
+    with zipfile.ZipFile(path, "w") as zf:
+        for k, photo in enumerate(photos):
+            zf.write(photo, f"nails/images/{photo.name}", zipfile.ZIP_DEFLATED if k == 1 else zipfile.ZIP_STORED)
+            zf.write(DATA / "labels" / f"{photo.stem}.txt", f"nails/labels/{photo.stem}.txt")
+        bad_crc, bad_deflate = (zf.getinfo(f"nails/images/{p.name}") for p in photos[:2])
+    data = bytearray(path.read_bytes())
+    data[_member_data(data, bad_crc) + 100] ^= 0xFF
+    data[_member_data(data, bad_deflate)] = 0xFF  # first block: final, type 3 (reserved)
+    path.write_bytes(data)
+    return path
+
+
+def _member_data(data: bytes, info: zipfile.ZipInfo) -> int:
+    """Where a member's (compressed) bytes start: after its 30-byte local header, name and extra field."""
+    name_len, extra_len = struct.unpack_from("<HH", data, info.header_offset + 26)
+    return info.header_offset + 30 + name_len + extra_len
+
+
 def bomb_zip(path: Path, mib: int = 300) -> Path:
     """A zip whose one member expands ~1000:1 to ``mib`` MiB of zeros."""
     with (
@@ -165,6 +191,144 @@ def traversal_zip(path: Path) -> Path:
         zf.writestr("images/a.txt", "x")
         zf.writestr("../evil.txt", "x")
     return path
+
+
+# --- a visitor's tools: the upload route and the HTTP API, as documented by Gradio -----------------
+
+
+def upload(app: AppProcess, path: Path, headers: dict | None = None) -> str:
+    """POST a file to the upload route; returns the server path Gradio gives back."""
+    with open(path, "rb") as f:
+        answer = httpx.post(app.url + "gradio_api/upload", files={"files": (path.name, f)}, headers=headers, timeout=60)
+    answer.raise_for_status()
+    return answer.json()[0]
+
+
+def file_data(server_path: str, name: str = "photo.jpg") -> dict:
+    """Gradio's own file payload, as its clients send it."""
+    return {"path": server_path, "orig_name": name, "meta": {"_type": "gradio.FileData"}}
+
+
+def call(app: AppProcess, api: str, *data, raw_body: str | None = None) -> tuple[str, object]:
+    """Call an endpoint over HTTP; returns ``("complete", outputs)`` or ``("error", message)``."""
+    body = raw_body or json.dumps({"data": list(data)})
+    started = httpx.post(
+        app.url + f"gradio_api/call/{api}", content=body, timeout=60, headers={"content-type": "application/json"}
+    )
+    started.raise_for_status()
+    event_id = started.json()["event_id"]
+    event, payload = None, None
+    with httpx.stream("GET", app.url + f"gradio_api/call/{api}/{event_id}", timeout=600) as stream:
+        for line in stream.iter_lines():
+            if line.startswith("event: "):
+                event = line.removeprefix("event: ")
+            elif line.startswith("data: ") and event in ("complete", "error"):
+                payload = json.loads(line.removeprefix("data: "))
+                break
+    return event, payload
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError("no VmRSS")
+
+
+class OpenWatch:
+    """Counts the times any process opens one file (Linux inotify): proof that the app never did."""
+
+    IN_OPEN = 0x20
+    _EVENT = struct.Struct("iIII")  # wd, mask, cookie, len; then len bytes of name
+
+    def __init__(self, path: Path) -> None:
+        libc = ctypes.CDLL(None, use_errno=True)
+        self.fd = libc.inotify_init1(os.O_NONBLOCK)
+        if self.fd < 0 or libc.inotify_add_watch(self.fd, os.fsencode(path), self.IN_OPEN) < 0:
+            raise OSError(ctypes.get_errno(), f"inotify cannot watch {path}")
+        self.count = 0
+
+    def opens(self) -> int:
+        """Opens seen so far."""
+        while True:
+            try:
+                data = os.read(self.fd, 4096)
+            except BlockingIOError:
+                return self.count
+            offset = 0
+            while offset < len(data):
+                _, mask, _, length = self._EVENT.unpack_from(data, offset)
+                self.count += bool(mask & self.IN_OPEN)
+                offset += self._EVENT.size + length
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+
+def _png_chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
+def png_header_only(path: Path, width: int, height: int) -> Path:
+    """A tiny PNG that claims ``width`` x ``height`` pixels (its data is a few bytes)."""
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n"
+        + _png_chunk(b"IHDR", ihdr)
+        + _png_chunk(b"IDAT", zlib.compress(b"\0" * 16))
+        + _png_chunk(b"IEND", b"")
+    )
+    return path
+
+
+def grey_png(path: Path, width: int, height: int) -> Path:
+    """A complete, decodable RGB PNG of ``width`` x ``height`` mid-grey pixels, written row by row
+    (a 59 MP one takes a few hundred KB and never a full-size array in the test)."""
+    row = b"\0" + b"\x80" * (3 * width)  # filter type 0, then the pixels
+    packer = zlib.compressobj(9)
+    data = b"".join(packer.compress(row) for _ in range(height)) + packer.flush()
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", ihdr) + _png_chunk(b"IDAT", data) + _png_chunk(b"IEND", b"")
+    )
+    return path
+
+
+# --- functions for nailseg.sandbox's child process to run (it imports this module by name) -------------
+
+
+def child_echo(**kwargs) -> dict:
+    print("what a library prints")  # goes to the log, not into the answer
+    return kwargs
+
+
+def child_allocate(gib: float) -> int:
+    return len(bytearray(int(gib * 1024**3)))
+
+
+def child_spin() -> None:
+    while True:
+        pass
+
+
+def child_sleep(seconds: float, pid_file: str = "") -> None:
+    """Sleep, after starting a grandchild that sleeps too (its pid in ``pid_file``, when given)."""
+    if pid_file:
+        grandchild = subprocess.Popen([sys.executable, "-c", f"import time; time.sleep({seconds})"])
+        Path(pid_file).write_text(str(grandchild.pid))
+    time.sleep(seconds)
+
+
+def child_crash() -> None:
+    ctypes.string_at(0)  # reads address 0: SIGSEGV, as a C library fed bad data would
+
+
+def child_refuse(message: str) -> None:
+    raise ValueError(message)
+
+
+def child_bug() -> None:
+    raise KeyError("a bug, not the data's fault")
 
 
 def convert_test_photos(out: Path, valid_fraction: float = 0.34) -> Path:

@@ -182,3 +182,22 @@ def test_the_threshold_slider_follows_the_model(page, tmp_path):
         slider_shows(page, "0.6")
     finally:  # the module's app serves the other tests with the bundled model
         load_weights(page, BUNDLED_WEIGHTS)
+
+
+def test_the_login_page_works_behind_the_login_guard(browser, tmp_path):
+    """With Gradio's login on, the middleware closes every route but the login page's: it still logs in."""
+    from support import AppProcess
+
+    app = AppProcess(tmp_path, extra_env={"NAILSEG_AUTH": "owner:s3cret", "GRADIO_SERVER_NAME": "0.0.0.0"})
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    try:
+        page = context.new_page()
+        page.set_default_timeout(TIMEOUT_MS)
+        page.goto(app.url)
+        page.get_by_label("username").fill("owner")
+        page.get_by_label("password").fill("s3cret")
+        page.get_by_role("button", name="Login").click()
+        page.get_by_role("button", name="Segment", exact=True).wait_for()
+    finally:
+        context.close()
+        app.stop()

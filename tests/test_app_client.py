@@ -8,6 +8,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 import zipfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -232,6 +233,21 @@ def test_switch_weights(client):
     finally:
         status = client.predict(weights_spec(), api_name="/switch_weights")
     assert Path(weights_spec()).name in status and "Hub unreachable" not in status
+
+
+def test_weights_whose_config_has_an_odd_shape_get_a_message(client, tmp_path):
+    """A config with ``"type": {}`` failed with a bare "Error" (issue 27); the model in use stays."""
+    from gradio_client.exceptions import AppError
+
+    weights = tmp_path / "odd.safetensors"
+    weights.write_bytes(Path(weights_spec()).read_bytes())
+    config = json.loads(Path(weights_spec()).with_suffix(".json").read_text())
+    config["model"]["type"] = {}
+    weights.with_suffix(".json").write_text(json.dumps(config))
+    with pytest.raises(AppError) as refused:
+        client.predict(str(weights), api_name="/switch_weights")
+    assert re.fullmatch(r"Weights not loaded: .*\S.*", str(refused.value).strip("'")), refused.value
+    assert segment(client, PHOTOS[0])[2]  # still served, by the weights in use
 
 
 def test_dataset_zip_converts(client, app, tmp_path):

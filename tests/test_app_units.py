@@ -12,11 +12,12 @@ import gradio as gr
 import numpy as np
 import pytest
 from PIL import Image
-from support import PHOTOS, bomb_zip, dataset_zip, jpeg_bytes
+from support import PHOTOS, bomb_zip, damaged_zip, dataset_zip, jpeg_bytes
 
 from nailseg import archives, outputs
+from nailseg.evaluate import coco_nails
 from nailseg.result import Nails
-from nailseg.serving import ModelStore, SessionStore, number
+from nailseg.serving import ModelStore, SessionStore, Upload, number, uploaded_file
 from nailseg.tabs import dataset, segment
 from nailseg.weights import WeightsError
 
@@ -113,6 +114,33 @@ def test_extract_archive_lists_names_it_cannot_write(tmp_path):
     assert any("longer than 255 bytes" in r for r in reasons)
 
 
+def marked_encrypted(path: Path, member: str) -> Path:
+    """``path`` with ``member`` flagged as encrypted (bit 0 of its flags, in both of the zip's headers)."""
+    data = bytearray(path.read_bytes())
+    with zipfile.ZipFile(path) as zf:
+        local = zf.getinfo(member).header_offset
+    central = data.index(b"PK\x01\x02")  # the central directory's first entry...
+    while not data[central + 46 :].startswith(member.encode()):  # ...up to this member's
+        central = data.index(b"PK\x01\x02", central + 4)
+    data[local + 6] |= 1
+    data[central + 8] |= 1
+    path.write_bytes(data)
+    return path
+
+
+def test_extract_archive_lists_members_it_cannot_read(tmp_path):
+    archive = damaged_zip(tmp_path / "damaged.zip", PHOTOS[:3])
+    marked_encrypted(archive, f"nails/labels/{PHOTOS[2].stem}.txt")
+    root, problems = archives.extract_archive(archive, tmp_path / "out")
+    unread = "cannot be read from the zip: "
+    assert dict(problems) == {
+        f"nails/images/{PHOTOS[0].name}": unread + "its checksum does not match (a damaged download?)",
+        f"nails/images/{PHOTOS[1].name}": unread + "its compressed data are corrupt",
+        f"nails/labels/{PHOTOS[2].stem}.txt": unread + "it is encrypted",
+    }
+    assert sorted(p.name for p in (root / "images").iterdir()) == [PHOTOS[2].name]  # nothing half-written
+
+
 def test_coco_nails_round_trip(tmp_path):
     from nailseg.datasets import convert_dataset
 
@@ -122,7 +150,7 @@ def test_coco_nails_round_trip(tmp_path):
         workers=1,
     )
     for image in report.train["images"]:
-        nails = dataset.coco_nails(report.train, image)
+        nails = coco_nails(report.train, image)
         anns = [a for a in report.train["annotations"] if a["image_id"] == image["id"]]
         assert nails.image_size == (image["height"], image["width"])
         assert sorted(nails.areas.tolist()) == sorted(a["area"] for a in anns)
@@ -156,10 +184,81 @@ def test_crop_options_refused(args, message):
         segment.crop_options(*args)
 
 
-@pytest.mark.parametrize("value", [float("nan"), float("inf"), -0.1, 1.5, "x", None])
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), -0.1, 1.5, "x", "", None, True, [0.5], {"v": 0.5}])
 def test_threshold_must_be_a_number_in_range(value):
     with pytest.raises(gr.Error, match="Score threshold must be a number from 0 to 1"):
         number(value, "Score threshold", 0, 1)
+
+
+def uploads_table(tmp_path: Path, monkeypatch) -> dict[str, str | None]:
+    """Paths a payload may name, against an upload folder in ``tmp_path`` (what Gradio received)."""
+    folder, outside = tmp_path / "gradio", tmp_path / "outside"
+    (folder / "abc").mkdir(parents=True)
+    outside.mkdir()
+    monkeypatch.setenv("GRADIO_TEMP_DIR", str(folder))
+    (folder / "abc" / "photo.jpg").write_bytes(b"uploaded")
+    (outside / "secret.jpg").write_bytes(b"secret")
+    (folder / "abc" / "link.jpg").symlink_to(outside / "secret.jpg")
+    return {
+        "uploaded": str(folder / "abc" / "photo.jpg"),
+        "none": None,
+        "empty": "",
+        "outside": str(outside / "secret.jpg"),
+        "relative": "outside/secret.jpg",
+        "dotdot": str(folder / "abc" / ".." / ".." / "outside" / "secret.jpg"),
+        "symlink": str(folder / "abc" / "link.jpg"),
+        "folder": str(folder / "abc"),
+        "missing": str(folder / "abc" / "gone.jpg"),
+        "url": "http://example.com/photo.jpg",
+    }
+
+
+@pytest.mark.parametrize(
+    "payload", [None, "/etc/passwd", ["/etc/passwd"], {}, {"url": "http://example.com/a.jpg"}, {"path": 3}]
+)
+def test_a_payload_that_is_not_gradios_file_is_refused(tmp_path, monkeypatch, payload):
+    uploads_table(tmp_path, monkeypatch)
+    with pytest.raises(gr.Error, match="it is not a file uploaded to this server"):
+        uploaded_file(payload)
+
+
+@pytest.mark.parametrize(
+    "kind", ["uploaded", "none", "empty", "outside", "relative", "dotdot", "symlink", "folder", "missing", "url"]
+)
+def test_only_files_gradio_received_are_uploads(tmp_path, monkeypatch, kind):
+    path = uploads_table(tmp_path, monkeypatch)[kind]
+    if kind == "uploaded":
+        assert Upload.received(path, "mine.jpg") == Upload(path, "mine.jpg")
+        return
+    with pytest.raises(gr.Error) as refused:
+        Upload.received(path, "mine.jpg")
+    assert refused.value.message == "Cannot use `mine.jpg`: it is not a file uploaded to this server (or not any more)."
+
+
+def data_url(data: bytes) -> str:
+    import base64
+
+    return "data:image/png;base64," + base64.b64encode(data).decode()
+
+
+@pytest.mark.parametrize(
+    ("url", "readable"),
+    [
+        (data_url(jpeg_bytes(np.zeros((8, 8, 3), np.uint8))), True),
+        (data_url(b"this is text, not a picture"), False),
+        ("data:image/png;base64,%%%not base64%%%", False),
+        ("data:", False),
+    ],
+    ids=["picture", "text", "not-base64", "empty"],
+)
+def test_a_webcam_picture_is_written_into_gradios_folder(tmp_path, monkeypatch, url, readable):
+    monkeypatch.setenv("GRADIO_TEMP_DIR", str(tmp_path / "gradio"))
+    if readable:
+        upload = segment.uploaded_photo({"path": None, "url": url})
+        assert Path(upload.path).is_relative_to(tmp_path / "gradio") and upload.name == "photo.png"
+    else:
+        with pytest.raises(gr.Error, match="Cannot use `photo.png`: not a readable image"):
+            segment.uploaded_photo({"path": None, "url": url})
 
 
 def photo(name: str, height: int, width: int, n: int = 0) -> segment.SegmentedPhoto:
@@ -193,7 +292,7 @@ def test_kept_photo_decodes_its_nails_by_threshold():
 
 
 def test_session_store_bounds_bytes_and_time(monkeypatch):
-    store = SessionStore(max_item_bytes=100, max_total_bytes=250, ttl_s=60)
+    store = SessionStore(max_item_bytes=100, max_client_bytes=250, max_total_bytes=250, ttl_s=60)
     a, b = store.put("a", 100), store.put("b", 100)
     assert store.put("too big", 101) is None
     assert store.get(a) == "a"  # a is now the most recently used
@@ -205,6 +304,40 @@ def test_session_store_bounds_bytes_and_time(monkeypatch):
     monkeypatch.setattr(time, "monotonic", lambda: now + 61)
     assert store.get(a) is None and len(store) == 0
     assert store.get(None) is None
+
+
+def test_session_store_one_address_never_evicts_another():
+    """Issue 27: one client sent 36 segments in 11 s and evicted every other visitor's photo."""
+    store = SessionStore(max_item_bytes=100, max_client_bytes=200, max_total_bytes=400, ttl_s=60)
+    victim = store.put("photo", 100, client="151.101.1.1")
+    flood = [store.put(f"x{k}", 100, client="151.101.2.2") for k in range(10)]
+    assert store.get(victim) == "photo"
+    assert [store.get(k) for k in flood if store.get(k) is not None] == ["x8", "x9"]  # its share: its newest
+    assert store.put("y", 100, client="151.101.3.3") is not None  # the store is now full...
+    assert store.put("z", 100, client="151.101.4.4") is None  # ...so a newcomer's photo is not kept
+    assert store.get(victim) == "photo" and store.total_bytes == 400
+
+
+@pytest.mark.parametrize(
+    ("peer", "forwarded", "expected"),
+    [
+        ("151.101.1.1", "", "151.101.1.1"),
+        ("151.101.1.1", "8.8.8.8", "151.101.1.1"),  # facing the internet: the header is the client's word
+        ("10.16.3.80", "151.101.2.2", "151.101.2.2"),  # behind a Space's proxy
+        ("10.16.3.80", "8.8.8.8, 151.101.2.2, 10.0.0.7", "151.101.2.2"),  # a forged entry left of the real one
+        ("127.0.0.1", "", "127.0.0.1"),
+        ("127.0.0.1", "not-an-address", "127.0.0.1"),
+        ("10.16.3.80", "2001:db8:1:2:3:4:5:6", "2001:db8:1:2::/64"),
+        ("", "", "unknown"),
+    ],
+)
+def test_client_address(peer, forwarded, expected):
+    from types import SimpleNamespace
+
+    from nailseg.access import client_address
+
+    request = SimpleNamespace(client=SimpleNamespace(host=peer), headers={"x-forwarded-for": forwarded})
+    assert client_address(request) == expected
 
 
 def test_switch_to_missing_weights_is_an_error(tmp_path):

@@ -10,75 +10,18 @@ from __future__ import annotations
 import json
 import os
 import signal
-import struct
 import time
 import zipfile
-import zlib
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import httpx
 import numpy as np
 import pytest
 from PIL import Image
-from support import PHOTOS, AppProcess, dataset_zip, weights_spec
+from support import PHOTOS, AppProcess, call, dataset_zip, file_data, png_header_only, rss_mb, upload, weights_spec
 
 pytestmark = pytest.mark.timeout(900)
 MARKER = Path("/tmp/nailseg-visitor-code-ran")
-
-
-# --- a visitor's tools: the upload route and the HTTP API, as documented by Gradio -----------------
-
-
-def upload(app: AppProcess, path: Path) -> str:
-    """POST a file to the upload route; returns the server path Gradio gives back."""
-    with open(path, "rb") as f:
-        answer = httpx.post(app.url + "gradio_api/upload", files={"files": (path.name, f)}, timeout=60)
-    answer.raise_for_status()
-    return answer.json()[0]
-
-
-def file_data(server_path: str, name: str = "photo.jpg") -> dict:
-    return {"path": server_path, "orig_name": name, "meta": {"_type": "gradio.FileData"}}
-
-
-def call(app: AppProcess, api: str, *data, raw_body: str | None = None) -> tuple[str, object]:
-    """Call an endpoint over HTTP; returns ``("complete", outputs)`` or ``("error", message)``."""
-    body = raw_body or json.dumps({"data": list(data)})
-    started = httpx.post(
-        app.url + f"gradio_api/call/{api}", content=body, timeout=60, headers={"content-type": "application/json"}
-    )
-    started.raise_for_status()
-    event_id = started.json()["event_id"]
-    event, payload = None, None
-    with httpx.stream("GET", app.url + f"gradio_api/call/{api}/{event_id}", timeout=600) as stream:
-        for line in stream.iter_lines():
-            if line.startswith("event: "):
-                event = line.removeprefix("event: ")
-            elif line.startswith("data: ") and event in ("complete", "error"):
-                payload = json.loads(line.removeprefix("data: "))
-                break
-    return event, payload
-
-
-def rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    raise AssertionError("no VmRSS")
-
-
-def png_header_only(path: Path, width: int, height: int) -> Path:
-    """A tiny PNG that claims ``width`` x ``height`` pixels (its data is a few bytes)."""
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    path.write_bytes(
-        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 16)) + chunk(b"IEND", b"")
-    )
-    return path
 
 
 @pytest.fixture(scope="module")

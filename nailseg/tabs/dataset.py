@@ -1,7 +1,8 @@
 """Dataset → COCO tab: a zipped dataset in, statistics, a preview and train/valid COCO files out.
 
-The zip is a stranger's: :mod:`nailseg.archives` checks and extracts it, and the conversion
-checks every photo's size from its header. The extracted photos are deleted before the answer is
+The zip is a stranger's: it is checked, extracted and converted in a child process with limits
+(:mod:`nailseg.dataset_zip`), so a crash or a runaway allocation there is a message to that
+visitor, not the end of the server. The extracted photos are deleted before the answer is
 returned, unless the owner keeps the dataset on the server for the Train tab: then it goes to
 :func:`nailseg.paths.converted_root`, within a quota, and is removed after
 :func:`nailseg.paths.keep_hours`.
@@ -16,39 +17,18 @@ import time
 from pathlib import Path
 
 import gradio as gr
-import numpy as np
 
-from nailseg import access, draw
-from nailseg.archives import UnsafeArchive, extract_archive
-from nailseg.datasets import convert_dataset, save_report
-from nailseg.evaluate import coco_nails
+from nailseg import access
+from nailseg.dataset_zip import convert_in_child
 from nailseg.files import folder_bytes, remove_older_than, safe_stem, write_zip
-from nailseg.images import ImageError, fit_within, load_image_rgb
 from nailseg.paths import converted_root, keep_hours
-from nailseg.serving import code, number, plain, scratch_dir
-
-PREVIEW_PHOTOS = 4
-PREVIEW_SIDE = 1024
+from nailseg.sandbox import ChildFailed, ChildRefused
+from nailseg.serving import code, number, plain, scratch_dir, uploaded_file
 
 
 def keep_quota_bytes() -> int:
     """Bytes all kept datasets may take together (``$NAILSEG_KEEP_QUOTA_GB``, default 10)."""
     return int(float(os.environ.get("NAILSEG_KEEP_QUOTA_GB", "10")) * 1024**3)
-
-
-def preview(root: Path, coco: dict, count: int = PREVIEW_PHOTOS) -> list[tuple[np.ndarray, str]]:
-    """Up to ``count`` photos of ``coco`` with their nails drawn, as ``(H, W, 3) uint8 RGB``."""
-    shown = []
-    for image in coco["images"][:count]:
-        try:
-            rgb = load_image_rgb(root / image["file_name"])
-        except ImageError:
-            continue
-        nails = coco_nails(coco, image)
-        shown.append(
-            (fit_within(draw.overlay(rgb, nails), PREVIEW_SIDE)[0], f"{image['file_name']}: {len(nails)} nail(s)")
-        )
-    return shown
 
 
 def summary_markdown(summary: dict) -> str:
@@ -88,50 +68,47 @@ def kept_dataset_dir(zip_name: str, zip_bytes: int) -> Path:
 
 
 def convert_zip(
-    zip_path: str | None,
+    payload: dict | None,
     valid_fraction,
     keep: bool,
     request: gr.Request,
     profile: gr.OAuthProfile | None,
-    progress=gr.Progress(track_tqdm=True),
+    progress=gr.Progress(),
 ):
     """The ``convert_dataset`` API: a zipped dataset in; statistics, a preview and a zip of COCO files out.
 
-    With ``keep`` (the owner's), the photos and COCO files stay on the server for the Train tab;
-    otherwise nothing of the upload is left of ours once the answer is returned.
+    Its inputs arrive as sent (the event runs with ``preprocess=False``, see
+    :func:`~nailseg.serving.uploaded_file`). With ``keep`` (the owner's), the photos and COCO files
+    stay on the server for the Train tab; otherwise nothing of the upload is left of ours once the
+    answer is returned.
     """
-    if not zip_path:
+    if not payload:
         raise gr.Error("Upload a .zip of a dataset first.")
+    upload = uploaded_file(payload)
     valid_fraction = number(valid_fraction, "Validation share", 0, 0.5)
     if keep:
         access.require_owner(request, profile, "Keeping a dataset on the server")
-    zip_name = Path(zip_path).name  # Gradio keeps the visitor's file name
-    kept = kept_dataset_dir(zip_name, Path(zip_path).stat().st_size) if keep else None
+    kept = kept_dataset_dir(upload.name, Path(upload.path).stat().st_size) if keep else None
+    out = scratch_dir()
+    progress(None, desc="checking, extracting and converting the zip (in a separate process)")
     try:
         with tempfile.TemporaryDirectory(prefix="nailseg-dataset-") as scratch:
-            folder = kept or Path(scratch)
-            progress(0, desc="checking and extracting the zip")
-            root, problems = extract_archive(zip_path, folder)
-            report = convert_dataset(root, valid_fraction=valid_fraction, progress=True)
-            report.problems = problems + report.problems
-            out = scratch_dir()
-            save_report(report, out / "coco")
-            if kept:
-                save_report(report, kept)  # the Train tab finds it by its train.json
-            shown = preview(root, report.train if report.train["images"] else report.valid)
-    except UnsafeArchive as err:
-        raise gr.Error(f"Zip refused: {err}.") from None
-    except ValueError as err:  # no dataset layout found
-        raise gr.Error(str(err).replace(str(folder), "the zip")) from None
+            done = convert_in_child(upload.path, upload.name, kept or Path(scratch), out, valid_fraction, bool(kept))
+    except ChildRefused as err:
+        raise gr.Error(str(err)) from None
+    except ChildFailed as err:
+        raise gr.Error(
+            f"Not converted: the conversion of {code(upload.name)} {err}. Labels with coordinates that are not "
+            "numbers within the photo, or very large photos, can do this. Nothing was kept."
+        ) from None
     finally:
         if kept and not (kept / "train.json").is_file():
             shutil.rmtree(kept, ignore_errors=True)  # nothing usable was kept: leave nothing
-    summary = report.summary()
-    summary["root"] = zip_name
-    text = summary_markdown(summary)
+    text = summary_markdown(done["summary"])
     if kept:
         text += f"\n\nKept on the server for the Train tab as {code(kept.name)} (removed after {keep_hours():g} h)."
-    return text, shown, str(write_zip(out / "coco", out / "coco.zip")), summary
+    shown = [(png, caption) for png, caption in done["preview"]]
+    return text, shown, str(write_zip(out / "coco", out / "coco.zip")), done["summary"]
 
 
 def dataset_tab() -> None:
@@ -157,4 +134,5 @@ def dataset_tab() -> None:
         [stats, gallery, download, summary],
         api_name="convert_dataset",
         concurrency_limit=1,
+        preprocess=False,  # the handler checks what was sent (serving.uploaded_file)
     )

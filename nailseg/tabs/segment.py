@@ -12,18 +12,29 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import gradio as gr
 import numpy as np
+from gradio.image_utils import decode_base64_to_file
+from PIL import Image
 
 from nailseg import access, draw, outputs
 from nailseg.files import safe_stem, unique_stems, write_zip
 from nailseg.images import ImageError, exif_size, load_image_rgb
 from nailseg.inference import MAX_INFERENCE_SIDE
 from nailseg.result import Nails
-from nailseg.serving import SESSIONS, STORE, Upload, code, number, scratch_dir, weights_name
+from nailseg.serving import (
+    SESSIONS,
+    STORE,
+    Upload,
+    code,
+    number,
+    scratch_dir,
+    upload_folder,
+    uploaded_file,
+    weights_name,
+)
 from nailseg.weights import WeightsError
 
 if TYPE_CHECKING:
@@ -35,6 +46,7 @@ BACKGROUNDS = ["keep", "black"]  # in box crops; the cut-outs are transparent ou
 CROPS = draw.CropOptions(margin=0.1, square=True, size=224)  # the tab's defaults: classifier-ready
 MAX_CROP_SIZE = 2048
 MAX_BATCH = 50
+NOT_KEPT = ". **Not kept for redraws** (the server is busy): a new threshold or crop needs **Segment** again"
 
 
 @dataclass(frozen=True)
@@ -78,24 +90,28 @@ class SegmentedPhoto:
         return Nails(self.boxes_xyxy[keep], masks, self.scores[keep])
 
 
-def photo_input(**kwargs) -> gr.Image:
-    """A ``gr.Image`` whose handler receives an :class:`~nailseg.serving.Upload`, undecoded.
+def uploaded_photo(payload) -> Upload | None:
+    """The photo of a ``gr.Image`` payload, undecoded, if Gradio received it for this server.
 
-    ``gr.Image`` opens the file with PIL before the handler runs, so a file that is not an image
-    fails with a bare traceback; here :func:`read_photo` decodes it and says what is wrong.
-    (An instance override, not a subclass: Gradio writes a ``.pyi`` beside subclasses' modules.)
+    ``gr.Image`` itself would open any path a payload gives, and decode the file before the handler
+    could say what is wrong with it: the Segment event runs with ``preprocess=False`` and this
+    takes the raw payload (see :func:`~nailseg.serving.uploaded_file`); :func:`read_photo` decodes.
     """
-    image = gr.Image(type="filepath", **kwargs)
-    decode = image.preprocess
+    if not payload:
+        return None
+    url = payload.get("url") if isinstance(payload, dict) else None
+    if isinstance(url, str) and url.startswith("data:"):  # webcam and clipboard
+        return picture_from_data_url(url)
+    return uploaded_file(payload)
 
-    def undecoded(payload):
-        if payload is None or payload.path is None or (payload.url or "").startswith("data:"):
-            path = decode(payload)  # webcam and clipboard data URLs: Gradio writes them to a file
-            return Upload(path, "photo.png") if path else None
-        return Upload(str(payload.path), payload.orig_name or Path(payload.path).name)
 
-    image.preprocess = undecoded
-    return image
+def picture_from_data_url(url: str) -> Upload:
+    """A webcam or clipboard picture, written into Gradio's folder as ``gr.Image`` would write it."""
+    try:
+        path = decode_base64_to_file(url, str(upload_folder()), "png")
+    except (ValueError, OSError, Image.DecompressionBombError):  # not base64, not an image, too large
+        raise gr.Error("Cannot use `photo.png`: not a readable image.") from None
+    return Upload.received(path, "photo.png")
 
 
 def crop_options(margin, square, size, background, align=False) -> draw.CropOptions:
@@ -187,47 +203,74 @@ def nail_row(record: dict) -> str:
     return f"| {record['number']} | {record['score']:.3f} | {box} | {record['area']} |"
 
 
-def segment(upload: Upload | str | None, score_thr, options: draw.CropOptions, key: str | None, progress=gr.Progress()):
-    """The ``segment`` API: one photo and a score threshold in; see :func:`render` for what comes out."""
+def segment(
+    payload: dict | None,
+    score_thr,
+    options: draw.CropOptions,
+    key: str | None,
+    request: gr.Request,
+    progress=gr.Progress(),
+):
+    """The ``segment`` API: one photo and a score threshold in; see :func:`render` for what comes out.
+
+    Its inputs arrive as sent (the event runs with ``preprocess=False``: :func:`uploaded_photo`).
+    """
+    upload = uploaded_photo(payload)
     if not upload:
         raise gr.Error("Add a photo first (drop, paste, pick or take one).")
-    if isinstance(upload, str):  # an example photo: Gradio hands over its cached path as it is
-        upload = Upload(upload, Path(upload).name)
     score_thr = number(score_thr, "Score threshold", 0, 1)
     if not STORE.ready:
         progress(0, desc="Loading the model (only the first photo after a start waits for it)…")
     image_rgb, original_size = read_photo(upload)
     photo = detect(upload.name, safe_stem(upload.name), image_rgb, original_size, score_thr)
-    return (*render(photo, score_thr, options), SESSIONS.put(photo, photo.nbytes, key))
+    shown, key = render_and_keep(photo, score_thr, options, key, request)
+    return (*shown, key)
 
 
-def redraw(key: str | None, score_thr, margin, square, size, background, align):
+def redraw(key: str | None, score_thr, margin, square, size, background, align, request: gr.Request):
     """Redraw the visitor's photo for a new threshold or crop options (model run only below its floor)."""
     options = crop_options(margin, square, size, background, align)
     score_thr = number(score_thr, "Score threshold", 0, 1)
     photo = SESSIONS.get(key)
     if photo is None and key is not None:
         raise gr.Error("This photo is no longer kept on the server: press Segment again.")
-    if photo is not None and score_thr < photo.floor:
-        photo = detect(photo.name, photo.stem, photo.image_rgb, photo.original_size, score_thr)
-        key = SESSIONS.put(photo, photo.nbytes, key)
-    return (*render(photo, score_thr, options), options, key)
+    if photo is None or score_thr >= photo.floor:
+        return (*render(photo, score_thr, options), options, key)
+    photo = detect(photo.name, photo.stem, photo.image_rgb, photo.original_size, score_thr)
+    shown, key = render_and_keep(photo, score_thr, options, key, request)
+    return (*shown, options, key)
 
 
-def segment_batch(paths: list[str] | None, score_thr, margin, square, size, background, align) -> tuple[str, str]:
-    """Several photos in; one zip out (a folder per photo, ``predictions.json``, ``crops.csv``) and a summary."""
-    if not paths:
+def render_and_keep(
+    photo: SegmentedPhoto, score_thr: float, options: draw.CropOptions, key: str | None, request: gr.Request
+):
+    """:func:`render`'s outputs, and the photo kept for redraws under ``key`` (None: not kept, and the
+    status line says so) within the share of the request's client address."""
+    key = SESSIONS.put(photo, photo.nbytes, key, access.client_address(request))
+    *shown, status = render(photo, score_thr, options)
+    return (*shown, status if key else status + NOT_KEPT), key
+
+
+def segment_batch(payload: list | None, score_thr, margin, square, size, background, align) -> tuple[str, str]:
+    """Several photos in; one zip out (a folder per photo, ``predictions.json``, ``crops.csv``) and a summary.
+
+    Its inputs arrive as sent (the event runs with ``preprocess=False``): each file is checked by
+    :func:`~nailseg.serving.uploaded_file`, and one that is refused ends the request.
+    """
+    if not payload:
         raise gr.Error("Add one or more photos first.")
-    if len(paths) > MAX_BATCH:
-        raise gr.Error(f"At most {MAX_BATCH} photos at once ({len(paths)} given).")
+    payload = payload if isinstance(payload, list) else [payload]
+    if len(payload) > MAX_BATCH:
+        raise gr.Error(f"At most {MAX_BATCH} photos at once ({len(payload)} given).")
+    uploads = [uploaded_file(file) for file in payload]
     options = crop_options(margin, square, size, background, align)
     score_thr = number(score_thr, "Score threshold", 0, 1)
     out = scratch_dir()
     results, rows, lines = [], [], []
-    names = [Path(p).name for p in paths]  # Gradio keeps the visitor's file name
-    for image_id, (path, name, stem) in enumerate(zip(paths, names, unique_stems(names)), start=1):
+    names = [u.name for u in uploads]
+    for image_id, (upload, name, stem) in enumerate(zip(uploads, names, unique_stems(names)), start=1):
         try:
-            image_rgb, original_size = read_photo(Upload(path, name))
+            image_rgb, original_size = read_photo(upload)
         except gr.Error as err:
             lines.append(f"- skipped: {err.message}")
             continue
@@ -266,7 +309,9 @@ def segment_tab(examples: list[str]) -> Callable[[Dependency], None]:
     session = gr.State(None)  # a key into SESSIONS: what is kept is bounded there, not here
     with gr.Row():
         with gr.Column():
-            photo = photo_input(label="Photo", sources=["upload", "clipboard", "webcam"], height=360, elem_id="photo")
+            photo = gr.Image(
+                type="filepath", label="Photo", sources=["upload", "clipboard", "webcam"], height=360, elem_id="photo"
+            )
             # The model's own default threshold, read again at every page load (the owner may switch models).
             score = gr.Slider(0.05, 1.0, value=STORE.score_thr, step=0.01, label="Score threshold", elem_id="score")
             button = gr.Button("Segment", variant="primary")
@@ -314,8 +359,15 @@ def segment_tab(examples: list[str]) -> Callable[[Dependency], None]:
             gr.Markdown(f"This server is public: loading weights is for its owner. {access.how_to_be_owner()}")
 
     shown = [overlay, table, records, gallery, download, status]
+    # A visitor's inputs reach these handlers as sent (preprocess=False): each handler checks them
+    # itself, files by serving.uploaded_file, numbers by serving.number.
     button.click(
-        segment, [photo, score, options_state, session], [*shown, session], api_name="segment", concurrency_limit=2
+        segment,
+        [photo, score, options_state, session],
+        [*shown, session],
+        api_name="segment",
+        concurrency_limit=2,
+        preprocess=False,
     )
     gr.on(
         [score.release, margin.release, square.change, size.change, background.change, align.change],
@@ -323,6 +375,7 @@ def segment_tab(examples: list[str]) -> Callable[[Dependency], None]:
         [session, score, margin, square, size, background, align],
         [*shown, options_state, session],
         api_name="render",
+        preprocess=False,
     )
     batch_button.click(
         segment_batch,
@@ -330,6 +383,7 @@ def segment_tab(examples: list[str]) -> Callable[[Dependency], None]:
         [batch_zip, batch_summary],
         api_name="segment_batch",
         concurrency_limit=1,
+        preprocess=False,
     )
     status.change(STORE.status, None, weights_status, api_visibility="private", show_progress="hidden")
 

@@ -293,7 +293,7 @@ def download(request: gr.Request, profile: gr.OAuthProfile | None) -> str:
     """The exported weights and config, zipped (a copy in the app's scratch space, for Gradio)."""
     access.require_owner(request, profile, "Exporting the weights")
     archive = export_checkpoint(JOBS.status())[1]
-    copy = scratch_dir() / archive.name
+    copy = scratch_dir() / access.owner_file_name(archive.name)  # Gradio serves it to the owner only
     shutil.copyfile(archive, copy)
     return str(copy)
 
