@@ -381,31 +381,18 @@ def convert_dataset(
 def save_report(report: ConversionReport, out_dir: str | Path) -> list[Path]:
     """Write ``train.json``, ``valid.json`` and ``manifest.csv`` into ``out_dir``, each atomically.
 
-    Nothing else in ``out_dir`` is touched. The files get the mode any new file gets (0644 under
-    the usual umask), not the temporary file's 0600: others who read the data can read them.
+    Nothing else in ``out_dir`` is touched.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    mode = 0o666 & ~_umask()
     written = []
     for name, text in (
         ("train.json", json.dumps(report.train)),
         ("valid.json", json.dumps(report.valid)),
         ("manifest.csv", report.manifest.to_csv(index=False)),
     ):
-        os.chmod(write_atomic(out_dir / name, text), mode)
-        written.append(out_dir / name)
+        written.append(write_atomic(out_dir / name, text))
     return written
-
-
-def _umask() -> int:
-    """This process's umask, read without setting it (``os.umask`` sets it for every thread at once)."""
-    try:
-        status = Path("/proc/self/status").read_text()
-    except OSError:
-        return 0o022
-    umask = next((line.split()[1] for line in status.splitlines() if line.startswith("Umask:")), "022")
-    return int(umask, 8)
 
 
 def load_coco(path: str | Path) -> dict:

@@ -319,3 +319,19 @@ def test_a_weights_config_with_a_type_that_is_not_a_name_is_refused(tmp_path):
     path.write_text(json.dumps(config).replace("{}", "1e999"))
     with pytest.raises(WeightsError, match=r"^config m\.json is not standard JSON \(1e999 overflows a float"):
         load_model_config(path)
+
+
+def test_every_atomic_write_keeps_the_usual_mode(tmp_path):
+    # predictions.json, crops.csv, exported configs: all written by write_atomic, none left 0600.
+    from nailseg.files import write_atomic
+
+    previous = os.umask(0o022)
+    try:
+        written = write_atomic(tmp_path / "predictions.json", "[]")
+        os.umask(0o077)
+        private = write_atomic(tmp_path / "private.json", "[]")
+    finally:
+        os.umask(previous)
+    assert oct(written.stat().st_mode & 0o777) == "0o644"
+    assert oct(private.stat().st_mode & 0o777) == "0o600"  # the umask decides, as for any new file
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["predictions.json", "private.json"]  # no temp left
