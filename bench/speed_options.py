@@ -11,7 +11,7 @@ Options (cumulative where marked +):
   thread, float32), BatchNorm unfolded, 300 RPN proposals;
 * ``nail-roialign``: ``NailRoIAlign`` (``nailseg/roi_align.py``, every core);
 * ``+fold-bn``: BatchNorm folded into the backbone's convolutions (what ``load_model`` does);
-* ``+proposals-N``: N RPN proposals at test time instead of 300;
+* ``+proposals-N``: N RPN proposals at test time instead of 300 (any N);
 * ``+sampling-2``: RoIAlign with 2x2 samples per bin instead of ceil(RoI size / bins);
 * ``+channels-last``: weights and activations in ``channels_last`` (float32);
 * ``+bf16``: bfloat16 autocast of the convolution-heavy parts (``nailseg.precision``), forced even
@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import re
 import statistics
 import sys
 import time
@@ -53,6 +54,13 @@ OPTIONS = (
 )
 
 
+def option(text: str) -> str:
+    """An option name as listed above (``+proposals-N`` with any N)."""
+    if text in OPTIONS or re.fullmatch(r"\+proposals-[1-9][0-9]*", text):
+        return text
+    raise argparse.ArgumentTypeError(f"unknown option {text!r}")
+
+
 def todays_model(weights: Path) -> torch.nn.Module:
     """The model as mmdet builds it from the config with mmcv's RoIAlign, BatchNorm unfolded."""
     from mmdet.registry import MODELS
@@ -78,8 +86,10 @@ def build(options: list[str], weights: Path) -> dict:
         segmenter = load_model(weights, device="cpu", precision="fp32")
         if applied[0] == "today":
             segmenter.model = todays_model(weights)
-        elif "+fold-bn" not in applied:
-            segmenter.model.backbone = todays_model(weights).backbone  # load_model folds; this one is unfolded
+        else:  # load_model folds BatchNorm and uses channels_last: undo what the options have not reached
+            segmenter.model.to(memory_format=torch.contiguous_format)
+            if "+fold-bn" not in applied:
+                segmenter.model.backbone = todays_model(weights).backbone
         for step in applied[1:]:
             apply(segmenter, step)
         segmenters[option] = segmenter
@@ -125,10 +135,16 @@ def main() -> None:
     parser.add_argument("--ann-file", type=Path, required=True)
     parser.add_argument("--img-dir", type=Path, required=True)
     parser.add_argument("--weights", type=Path, default=BUNDLED_WEIGHTS)
-    parser.add_argument("--options", nargs="+", default=list(OPTIONS), choices=OPTIONS)
+    parser.add_argument("--options", nargs="+", default=list(OPTIONS), type=option, help=" ".join(OPTIONS))
     parser.add_argument("--limit", type=int, default=None, help="score the first N photos only")
     parser.add_argument("--latency-photos", type=int, default=20)
     parser.add_argument("--no-accuracy", action="store_true", help="latency only")
+    parser.add_argument(
+        "--accuracy-from",
+        default=None,
+        metavar="OPTION",
+        help="score only this option and those after it (the options before it give the same nails)",
+    )
     args = parser.parse_args()
     gt = load_coco(args.ann_file)
     if args.limit:
@@ -138,9 +154,10 @@ def main() -> None:
     ms = latency(segmenters, photos)
     print(f"{len(photos)} photos, {torch.get_num_threads()} threads; option: ms/photo | F1 at default | segm AP")
     base = ms[args.options[0]]
+    scored = args.options[args.options.index(args.accuracy_from) :] if args.accuracy_from else args.options
     for name, segmenter in segmenters.items():
         line = f"{name:>16}: {ms[name]:7.1f} ms ({base / ms[name]:.2f}x)"
-        if not args.no_accuracy:
+        if not args.no_accuracy and name in scored:
             evaluation = evaluate_dataset(segmenter, gt, args.img_dir)
             tally = evaluation.tallies[segmenter.score_thr]
             segm = coco_ap(gt, evaluation.results)["segm"]

@@ -175,6 +175,7 @@ def load_model(
         fold()
     if precision == "bf16":
         use_bf16(model)
+    if device == "cpu":
         channels_last(model)
     model.dataset_meta = {"classes": ("nail",)}
     seconds = time.perf_counter() - start

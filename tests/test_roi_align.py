@@ -13,10 +13,17 @@ from support import REPO, load_bench
 from nailseg.roi_align import roi_align
 
 
-def test_matches_mmcv_output_and_gradient_within_1e4():
+@pytest.mark.parametrize("threads", [1, 2])
+def test_matches_mmcv_output_and_gradient_within_1e4(threads):
     # Random RoIs, empty ones, ones under a pixel and ones reaching far past the image's edges, at
-    # three settings (box head 7x7 at stride 4, mask head 14x14 at stride 8, fixed sampling unaligned).
-    result = load_bench("ops_check").check("cpu")
+    # three settings (box head 7x7 at stride 4, mask head 14x14 at stride 8, fixed sampling unaligned),
+    # on one thread and on two (torch splits the gathers and products between them).
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        result = load_bench("ops_check").check("cpu")
+    finally:
+        torch.set_num_threads(before)
     roi_results = {k: v for k, v in result.items() if k.startswith("roi_align")}
     assert len(roi_results) == 3
     for key, diff in roi_results.items():
