@@ -21,7 +21,6 @@ from PIL import Image
 from support import PHOTOS, AppProcess, call, dataset_zip, file_data, png_header_only, rss_mb, upload, weights_spec
 
 pytestmark = pytest.mark.timeout(900)
-MARKER = Path("/tmp/nailseg-visitor-code-ran")
 
 
 @pytest.fixture(scope="module")
@@ -62,8 +61,8 @@ def test_owner_actions_are_refused_on_a_public_server(public, tmp_path, api, arg
 
 def test_row1_uploaded_python_is_never_run_as_a_config(private, tmp_path):
     """Even the owner's weights field takes no code: .safetensors with a JSON config of known types only."""
-    MARKER.unlink(missing_ok=True)
-    code = f"import pathlib; pathlib.Path({str(MARKER)!r}).touch()\nmodel = dict(type='MaskRCNN')\n"
+    marker = tmp_path / "visitor-code-ran"  # where the code would leave its trace, were it run
+    code = f"import pathlib; pathlib.Path({str(marker)!r}).touch()\nmodel = dict(type='MaskRCNN')\n"
     config = tmp_path / "evil.py"
     config.write_text(code)
     event, message = call(private, "switch_weights", upload(private, config))
@@ -75,11 +74,11 @@ def test_row1_uploaded_python_is_never_run_as_a_config(private, tmp_path):
     assert event == "error" and "evil.json not found" in str(message)
     # A JSON config naming something to import (mmengine's registry would import any dotted name).
     weights.with_suffix(".json").write_text(
-        json.dumps({"model": {"type": "os.system", "command": "touch /tmp/x"}, "test_pipeline": []})
+        json.dumps({"model": {"type": "os.system", "command": f"touch {marker}"}, "test_pipeline": []})
     )
     event, message = call(private, "switch_weights", str(weights))
     assert event == "error" and "not one this project builds" in str(message)
-    assert not MARKER.exists()
+    assert not marker.exists()
 
 
 def test_row2_no_path_or_pickle_reaches_training(private, tmp_path):
