@@ -221,7 +221,7 @@ def _segment(
     """Segment ``photos`` one by one, writing their pictures; ``save(done)`` every SAVE_EVERY_S and at the end.
 
     A progress bar goes to stderr when ``show`` and it is a terminal. Returns the photo entries
-    and the weights' source (for the summary line).
+    and the weights' source with the precision and device they ran in (for the summary line).
     """
     from tqdm import tqdm
 
@@ -256,4 +256,4 @@ def _segment(
     finally:
         bar.close()
         save(done)
-    return done, segmenter.weights.source
+    return done, f"{segmenter.weights.source} ({segmenter.precision} on {segmenter.device})"

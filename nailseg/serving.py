@@ -228,10 +228,10 @@ def _load_with_fallback(spec: str | None):
 
 
 def describe(model, notice: str = "") -> str:
-    """``weights: <source> (loaded in 1.2 s on cpu; default score threshold 0.9)`` plus the notice, as Markdown."""
+    """``weights: <source> (loaded in 1.2 s on cpu, fp32; default score threshold 0.9)`` and the notice, Markdown."""
     name = code(weights_name(model.weights.source))
     text = (
-        f"weights: {name} (loaded in {model.load_seconds:.1f} s on {model.device}; "
+        f"weights: {name} (loaded in {model.load_seconds:.1f} s on {model.device}, {model.precision}; "
         f"default score threshold {model.score_thr:g})"
     )
     return f"{text}. **{notice}**" if notice else text

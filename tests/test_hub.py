@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -247,7 +248,8 @@ def test_push_then_predict_from_the_hub(hub, hf_env, model_files, tmp_path):
     assert ("GET", f"/{repo_id}/resolve/main/{model_files.name}") in hub.requests
     cached = list(Path(hf_env["HF_HUB_CACHE"]).glob(f"models--me--nails/snapshots/*/{model_files.name}"))
     assert len(cached) == 1 and cached[0].read_bytes() == model_files.read_bytes()
-    assert spec in predict.stdout  # predict names the weights it used
+    assert spec in predict.stdout  # predict names the weights it used, and how they ran
+    assert re.search(r"\((fp32|bf16) on cpu\)", predict.stdout), predict.stdout
     results = json.loads((out / "predictions.json").read_text())
     assert all(r["image_id"] == 1 and len(r["bbox"]) == 4 and "counts" in r["segmentation"] for r in results)
     # The downloaded weights are the trained model: about the labelled nails at its own threshold.

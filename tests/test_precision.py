@@ -137,3 +137,17 @@ def test_bf16_training_on_the_cpu(tmp_path):
 
     state = load_checkpoint(work / "iter_2.pth")["state_dict"]
     assert all(v.dtype == torch.float32 for v in state.values() if v.is_floating_point())
+
+
+def test_the_status_line_and_predict_say_which_precision_ran(monkeypatch):
+    from types import SimpleNamespace
+
+    from nailseg.serving import describe
+
+    model = SimpleNamespace(
+        weights=SimpleNamespace(source=str(BUNDLED_WEIGHTS)), load_seconds=1.0, device="cpu", precision="bf16",
+        score_thr=0.85,
+    )  # fmt: skip
+    assert "on cpu, bf16;" in describe(model)
+    model.precision = "fp32"
+    assert "on cpu, fp32;" in describe(model)
