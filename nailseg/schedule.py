@@ -69,7 +69,9 @@ class TimeBudgetHook(Hook):
             group["lr"] = base * factor
 
     def after_train_iter(self, runner, batch_idx: int, data_batch=None, outputs=None) -> None:
-        if self._elapsed() >= self.budget_s and runner.iter + 1 < runner.max_iters:
+        elapsed = self._elapsed()
+        runner.message_hub.update_info(ELAPSED, elapsed)  # what a checkpoint of this iteration keeps
+        if elapsed >= self.budget_s and runner.iter + 1 < runner.max_iters:
             # This iteration becomes the last: the loop ends after it, and the CheckpointHook
             # (save_last) saves it, as at the end of any schedule.
             runner.train_loop._max_iters = runner.iter + 1

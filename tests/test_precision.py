@@ -114,7 +114,33 @@ def test_weights_config_names_the_extractor_as_data():
         assert extractor["type"] == "NailRoIExtractor" and extractor["roi_layer"]["type"] == "NailRoIAlign"
 
 
+def test_bf16_optim_wrapper_trains_in_autocast_with_float32_weights():
+    from mmengine.optim import OptimWrapper
+    from mmengine.registry import OPTIM_WRAPPERS
+
+    precision.register_optim_wrapper()
+    holder = torch.nn.Module()
+    holder.backbone = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.Flatten(), torch.nn.LazyLinear(1))
+    holder.backbone(torch.randn(2, 3, 8, 8))  # materialise the lazy layer
+    wrapper = OPTIM_WRAPPERS.build(
+        dict(type="CpuBf16OptimWrapper", optimizer=torch.optim.SGD(holder.parameters(), lr=0.1))
+    )
+    assert isinstance(wrapper, OptimWrapper)
+    seen = []
+    holder.backbone[0].register_forward_hook(lambda m, i, o: seen.append(o.dtype))
+    before = holder.backbone[0].weight.detach().clone()
+    with wrapper.optim_context(holder):
+        loss = holder.backbone(torch.randn(2, 3, 8, 8)).square().mean()
+    wrapper.update_params(loss)
+    assert seen == [torch.bfloat16]  # the convolution ran in bfloat16
+    assert loss.dtype == torch.float32 and holder.backbone[0].weight.dtype == torch.float32
+    assert not torch.equal(before, holder.backbone[0].weight)  # and it trained
+
+
 @pytest.mark.slow
+@pytest.mark.skipif(
+    not precision.cpu_has_bf16(), reason="no native bfloat16 on this CPU: emulated, a training step takes minutes"
+)
 def test_bf16_training_on_the_cpu(tmp_path):
     """Two iterations with the CPU bf16 optimizer wrapper: it trains, float32 weights, finite losses."""
     import subprocess
