@@ -164,7 +164,9 @@ def _predict(args: argparse.Namespace) -> int:
     with _sigterm_as_exit():
         if args.distributed:  # one of the workers that `--nproc` started
             return predict.run_worker(args.images, args.out, settings, resume=args.resume)
-        return predict.run(args.images, args.out, settings, resume=args.resume, nproc=args.nproc, argv=args.argv)
+        return predict.run(
+            args.images, args.out, settings, resume=args.resume, nproc=args.nproc, argv=args.argv, yolo=args.yolo
+        )
 
 
 @contextlib.contextmanager
@@ -344,7 +346,9 @@ def build_parser() -> argparse.ArgumentParser:
         "local .safetensors (its .json or .py config beside it) or hf://owner/repo[@rev]/file.safetensors "
         "(default: $NAILSEG_WEIGHTS, then the bundled model)"
     )
-    p = sub.add_parser("predict", help="segment photos: predictions.json, crops.csv, overlays, nail crops")
+    p = sub.add_parser(
+        "predict", help="segment photos: predictions.json, crops.csv, annotations.json (pre-labels), overlays, crops"
+    )
     p.add_argument(
         "images", type=Path, nargs="+", metavar="IMAGE", help="photos, or folders (searched recursively) of photos"
     )
@@ -375,6 +379,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="outside the nail in box crops (cut-outs are always transparent there)",
     )
     p.add_argument("--resume", action="store_true", help="skip the photos already in OUT/predictions.json")
+    p.add_argument(
+        "--yolo",
+        action="store_true",
+        help="also write YOLO-seg pre-labels, OUT/labels/<photo>.txt (beside OUT/annotations.json, COCO)",
+    )
     p.add_argument(
         "--nproc", type=int, default=1, help="share the photos among this many processes (one per GPU, or CPU)"
     )
