@@ -16,6 +16,7 @@ import contextlib
 import json
 import math
 import os
+import shutil
 import signal
 import sys
 from pathlib import Path
@@ -23,6 +24,7 @@ from pathlib import Path
 from nailseg.convert import DEFAULT_MIN_AREA
 
 MAX_CROP_SIZE = 2048  # as the app's crop size (nailseg/tabs/segment.py); 40,000 px would take 6.4 GB
+ZIP_PHOTOS = "photos"  # `convert DATASET.zip --out DIR` extracts the zip into DIR/photos
 
 
 def _in_range(value: float | None, flag: str, low: float, high: float) -> None:
@@ -60,18 +62,25 @@ def _convert(args: argparse.Namespace) -> int:
     _output_folder(args.out, "--out")
     if args.workers is not None and args.workers < 1:
         raise ValueError(f"--workers must be at least 1, got {args.workers}")
-    report = convert_dataset(
-        args.root,
+    options = dict(
         valid_fraction=args.valid_fraction,
         seed=args.seed,
         min_area=args.min_area,
         split_touching=args.split_touching,
         workers=args.workers,
+        categories=tuple(args.category or ()),
     )
+    zipped = args.root.is_file() and args.root.suffix.lower() == ".zip"
+    if zipped:
+        report = _convert_zip(args.root, args.out / ZIP_PHOTOS, options)
+    else:
+        report = convert_dataset(args.root, **options)
     summary = report.summary()
     refused = args.strict and bool(report.problems)  # --strict: all or nothing
     if report.converted and not refused:
         summary["written"] = [str(p) for p in save_report(report, args.out)]
+    elif zipped:  # nothing to train on: the extracted photos go too
+        shutil.rmtree(args.out / ZIP_PHOTOS, ignore_errors=True)
     print(json.dumps(summary, indent=2))
     for path, problem in report.problems:
         print(f"problem: {path}: {problem}", file=sys.stderr)
@@ -82,6 +91,21 @@ def _convert(args: argparse.Namespace) -> int:
         print(f"error: {len(report.problems)} problem(s) and --strict was given; no file was written", file=sys.stderr)
         return 1
     return 0
+
+
+def _convert_zip(archive: Path, dest: Path, options: dict):
+    """A zipped dataset (a labelling tool's export) extracted into ``dest``, where training finds its
+    photos, and converted. ``dest`` must be new: an earlier conversion's photos are never replaced."""
+    from nailseg.dataset_zip import convert_archive
+
+    if dest.exists():
+        raise ValueError(f"--out {dest.parent}: {dest} exists from an earlier conversion: remove it, or choose another")
+    dest.mkdir(parents=True)
+    try:
+        return convert_archive(archive, dest, **options)
+    except BaseException:
+        shutil.rmtree(dest, ignore_errors=True)
+        raise
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -140,7 +164,9 @@ def _predict(args: argparse.Namespace) -> int:
     with _sigterm_as_exit():
         if args.distributed:  # one of the workers that `--nproc` started
             return predict.run_worker(args.images, args.out, settings, resume=args.resume)
-        return predict.run(args.images, args.out, settings, resume=args.resume, nproc=args.nproc, argv=args.argv)
+        return predict.run(
+            args.images, args.out, settings, resume=args.resume, nproc=args.nproc, argv=args.argv, yolo=args.yolo
+        )
 
 
 @contextlib.contextmanager
@@ -233,8 +259,20 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("convert", help="turn a nail dataset into COCO instance annotations")
-    p.add_argument("root", type=Path, help="dataset folder (Images/+Masks/ or images/+labels/)")
+    p.add_argument(
+        "root",
+        type=Path,
+        help="dataset folder or .zip (Images/+Masks/, COCO files with their photos, or images/+labels/); "
+        f"a zip is extracted into OUT/{ZIP_PHOTOS}",
+    )
     p.add_argument("--out", type=Path, required=True, help="folder for train.json, valid.json, manifest.csv")
+    p.add_argument(
+        "--category",
+        action="append",
+        metavar="NAME",
+        help="COCO datasets: keep this category's annotations as nails (any case; repeat for several; default: "
+        "those whose name says nail, else a file's only one)",
+    )
     p.add_argument("--valid-fraction", type=float, default=0.2, help="share of photos held out (0 = none)")
     p.add_argument("--seed", type=int, default=0, help="seed of the train/valid split")
     p.add_argument("--min-area", type=int, default=DEFAULT_MIN_AREA, help="drop nails below this many pixels")
@@ -308,7 +346,9 @@ def build_parser() -> argparse.ArgumentParser:
         "local .safetensors (its .json or .py config beside it) or hf://owner/repo[@rev]/file.safetensors "
         "(default: $NAILSEG_WEIGHTS, then the bundled model)"
     )
-    p = sub.add_parser("predict", help="segment photos: predictions.json, crops.csv, overlays, nail crops")
+    p = sub.add_parser(
+        "predict", help="segment photos: predictions.json, crops.csv, annotations.json (pre-labels), overlays, crops"
+    )
     p.add_argument(
         "images", type=Path, nargs="+", metavar="IMAGE", help="photos, or folders (searched recursively) of photos"
     )
@@ -339,6 +379,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="outside the nail in box crops (cut-outs are always transparent there)",
     )
     p.add_argument("--resume", action="store_true", help="skip the photos already in OUT/predictions.json")
+    p.add_argument(
+        "--yolo",
+        action="store_true",
+        help="also write YOLO-seg pre-labels, OUT/labels/<photo>.txt (beside OUT/annotations.json, COCO)",
+    )
     p.add_argument(
         "--nproc", type=int, default=1, help="share the photos among this many processes (one per GPU, or CPU)"
     )

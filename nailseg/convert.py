@@ -77,6 +77,19 @@ def split_touching(component: np.ndarray, min_peak_ratio: float = 0.5) -> list[n
     return [labels == k for k in range(1, n_seeds) if (labels == k).any()]
 
 
+def means_nail(category_name: str) -> bool:
+    """Whether a labelling tool's category name means a nail: ``nail``, ``Nails``, ``fingernail``, ``toe-nail``..."""
+    return "nail" in category_name.lower()
+
+
+def resize_mask(mask: np.ndarray, height: int, width: int) -> np.ndarray:
+    """A ``(h, w) bool`` mask at ``height x width``, by nearest neighbour: a mask found on a shrunk
+    photo, on the photo itself. Returned as is when it has that size already."""
+    if mask.shape == (height, width):
+        return mask
+    return cv2.resize(mask.astype(np.uint8), (width, height), interpolation=cv2.INTER_NEAREST).astype(bool)
+
+
 def mask_to_instances(
     binary: np.ndarray, min_area: int = DEFAULT_MIN_AREA, split: bool = False, max_instances: int | None = None
 ) -> list[np.ndarray]:
@@ -260,18 +273,75 @@ def encode_segmentation(
     height, width = instance.shape
     x0, y0, x1, y1 = box_xyxy or _box_xyxy(instance)
     crop = instance[y0:y1, x0:x1]
-    # Trace the outline on the crop doubled in size: its boundary pixel centres lie a quarter
-    # pixel inside the nail's pixel edges, so pycocotools' rasteriser (pixel centres at +0.5)
-    # puts every pixel back on its side. A second outline means a hole: RLE.
-    doubled = np.repeat(np.repeat(crop.astype(np.uint8), 2, axis=0), 2, axis=1)
-    contours, _ = cv2.findContours(doubled, cv2.RETR_CCOMP, cv2.CHAIN_APPROX_SIMPLE)
-    if len(contours) == 1 and len(contours[0]) >= 3:
-        points = (contours[0][:, 0, :] + 0.5) / 2  # doubled pixel index -> crop coordinates
+    outlines = _outlines(crop, cv2.RETR_CCOMP)  # a second outline means a hole: RLE
+    if len(outlines) == 1 and len(outlines[0]) >= 3:
+        points = outlines[0]
         local = mask_utils.decode(mask_utils.frPyObjects([points.ravel().tolist()], *crop.shape))
         if np.array_equal(local[:, :, 0].astype(bool), crop):  # a guarantee, not a hope
             return [(points + (x0, y0)).ravel().tolist()]
     rle = mask_utils.encode(np.asfortranarray(instance.astype(np.uint8)))
     return {"size": [height, width], "counts": rle["counts"].decode("ascii")}
+
+
+def _outlines(crop: np.ndarray, mode: int) -> list[np.ndarray]:
+    """The outlines OpenCV traces in a bool crop (``mode``: ``cv2.RETR_*``), as ``(K, 2)`` crop coordinates.
+
+    Traced on the crop doubled in size: its boundary pixel centres lie a quarter pixel inside the
+    nail's pixel edges, so pycocotools' rasteriser (pixel centres at +0.5) puts every pixel back
+    on its side.
+    """
+    doubled = np.repeat(np.repeat(crop.astype(np.uint8), 2, axis=0), 2, axis=1)
+    contours, _ = cv2.findContours(doubled, mode, cv2.CHAIN_APPROX_SIMPLE)
+    return [(c[:, 0, :] + 0.5) / 2 for c in contours]  # doubled pixel index -> crop coordinates
+
+
+def outline_polygon(instance: np.ndarray) -> np.ndarray:
+    """The outline of a nail mask as one polygon, for formats that hold nothing else (YOLO-seg).
+
+    Args:
+        instance: ``(H, W)`` bool mask of one nail, not empty.
+
+    Returns:
+        ``(K, 2) float64`` xy points in pixels (pycocotools convention), ``K >= 3``: the polygon
+        :func:`encode_segmentation` writes where one holds the nail; for a nail with a hole, its
+        outer outline; for one in several pieces, the outline of the largest.
+    """
+    x0, y0, x1, y1 = _box_xyxy(instance)
+    outlines = _outlines(instance[y0:y1, x0:x1], cv2.RETR_EXTERNAL)
+    largest = max(outlines, key=lambda points: cv2.contourArea(points.astype(np.float32)))
+    return largest + (x0, y0)
+
+
+def polygon_crossing(polygon_xy) -> tuple[float, float] | None:
+    """Where a polygon's outline first crosses itself, or None when it does not.
+
+    pycocotools fills polygons by the even-odd rule: where an outline folds over itself, the part
+    covered twice is left out, a hole nobody drew. Edges that only touch (a shared point, an edge
+    drawn twice) are no crossing: the outline of pixels that meet at a corner touches itself.
+
+    Args:
+        polygon_xy: ``(K, 2)`` xy points or COCO's flat ``[x1, y1, ...]``, finite (see
+            :func:`check_polygon`).
+    """
+    start = np.asarray(polygon_xy, np.float64).reshape(-1, 2)
+    end = np.roll(start, -1, axis=0)
+    count = len(start)
+    for i in range(count - 2):
+        others = np.arange(i + 2, count if i else count - 1)  # not itself, not its neighbours
+        a, b, c, d = start[i], end[i], start[others], end[others]
+        side_c, side_d = _turn(a, b, c), _turn(a, b, d)
+        side_a, side_b = _turn(c, d, a), _turn(c, d, b)
+        hits = np.flatnonzero((side_c * side_d < 0) & (side_a * side_b < 0))
+        if hits.size:
+            k = hits[0]
+            x, y = a + side_a[k] / (side_a[k] - side_b[k]) * (b - a)
+            return float(x), float(y)
+    return None
+
+
+def _turn(p: np.ndarray, q: np.ndarray, r: np.ndarray) -> np.ndarray:
+    """Twice the signed area of ``p, q, r``: above 0 when ``r`` lies left of ``p -> q``."""
+    return (q[..., 0] - p[..., 0]) * (r[..., 1] - p[..., 1]) - (q[..., 1] - p[..., 1]) * (r[..., 0] - p[..., 0])
 
 
 def instance_to_annotation(instance: np.ndarray) -> dict:

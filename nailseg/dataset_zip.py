@@ -67,19 +67,35 @@ def convert_zip(zip_path: str, zip_name: str, dest: str, out: str, valid_fractio
     """
     dest, out = Path(dest), Path(out)
     try:
-        root, problems = extract_archive(zip_path, dest)
-    except UnsafeArchive as err:
-        raise ValueError(f"Zip refused: {err}.") from None
-    try:
-        report = convert_dataset(root, valid_fraction=valid_fraction, workers=1, progress=False)
+        report = convert_archive(zip_path, dest, valid_fraction=valid_fraction, workers=1, progress=False)
     except ValueError as err:  # no dataset layout found: the message names the folder
         raise ValueError(str(err).replace(str(dest.resolve()), "the zip")) from None
-    report.problems = problems + report.problems
     if keep:
         save_report(report, dest)  # the Train tab finds it by its train.json
     save_report(without_server_paths(report), out / "coco")
-    preview = save_preview(root, report.train if report.train["images"] else report.valid, out / "preview")
+    preview = save_preview(report.root, report.train if report.train["images"] else report.valid, out / "preview")
     return {"summary": {**report.summary(), "root": zip_name}, "preview": preview}
+
+
+def convert_archive(zip_path: str | Path, dest: Path, **options) -> ConversionReport:
+    """Check and extract a dataset zip into ``dest`` (:mod:`nailseg.archives`), then convert it.
+
+    Args:
+        options: as :func:`nailseg.datasets.convert_dataset`'s.
+
+    Returns:
+        The report, its problems led by the zip's members that were skipped.
+
+    Raises:
+        ValueError: the zip is refused (``Zip refused: ...``), or holds no dataset.
+    """
+    try:
+        root, problems = extract_archive(zip_path, dest)
+    except UnsafeArchive as err:
+        raise ValueError(f"Zip refused: {err}.") from None
+    report = convert_dataset(root, **options)
+    report.problems = problems + report.problems
+    return report
 
 
 def without_server_paths(report: ConversionReport) -> ConversionReport:

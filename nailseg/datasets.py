@@ -1,9 +1,11 @@
 """Dataset edge: find photo/label pairs on disk, convert them in parallel, split, save COCO.
 
-Two layouts are detected automatically:
+Three layouts are detected automatically, in this order:
 
 * semantic (the seed's): ``ROOT/Images/<group>/<name>.<ext>`` + ``ROOT/Masks/<group>/<name>.<ext>``,
   matched by stem (``images``/``masks`` in any case also accepted);
+* COCO instances from a labelling tool (CVAT, Roboflow, Label Studio, ``nailseg predict``'s
+  pre-labels): photos and one or more COCO files, see :mod:`nailseg.coco_dataset`;
 * YOLO-seg: ``ROOT/images/*`` + ``ROOT/labels/*.txt`` polygons, flat or inside
   ``train/ valid/ test/`` folders (the split folder is the group); every class maps to ``nail``.
 
@@ -26,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from nailseg import convert
+from nailseg.coco_dataset import CocoLabel, category_counts, find_coco_files, photo_annotations, read_coco_dataset
 from nailseg.files import write_atomic
 from nailseg.images import IMAGE_EXTENSIONS, MAX_PIXELS, ImageError, exif_size, load_image_rgb
 from nailseg.json_files import check_coco, read_json
@@ -40,7 +43,8 @@ class Sample:
     image: str
     label: str
     group: str
-    kind: str  # "mask" (semantic PNG) or "yolo" (polygon .txt)
+    kind: str  # "mask" (semantic PNG), "yolo" (polygon .txt) or "coco" (its label read already)
+    coco: CocoLabel | None = None
 
 
 @dataclass
@@ -65,13 +69,17 @@ class ConversionReport:
     valid: dict
     manifest: pandas.DataFrame  # noqa: F821 - imported lazily
     problems: list[tuple[str, str]]  # (path relative to root, what is wrong)
+    categories: dict = field(default_factory=dict)  # COCO layout: annotations kept and left out, by category
 
     @property
     def converted(self) -> int:
         return len(self.train["images"]) + len(self.valid["images"])
 
     def summary(self) -> dict:
-        nails = len(self.train["annotations"]) + len(self.valid["annotations"])
+        """What ``nailseg convert`` prints; crowd regions (COCO's ``iscrowd``) are counted apart from nails."""
+        train, valid = _nails(self.train), _nails(self.valid)
+        nails = train + valid
+        crowds = len(self.train["annotations"]) + len(self.valid["annotations"]) - nails
         groups = self.manifest.groupby("group").size().to_dict() if len(self.manifest) else {}
         return {
             "root": str(self.root),
@@ -79,11 +87,18 @@ class ConversionReport:
             "photos": self.converted,
             "nails": nails,
             "nails_per_photo": round(nails / self.converted, 2) if self.converted else 0.0,
-            "train": {"photos": len(self.train["images"]), "nails": len(self.train["annotations"])},
-            "valid": {"photos": len(self.valid["images"]), "nails": len(self.valid["annotations"])},
+            "train": {"photos": len(self.train["images"]), "nails": train},
+            "valid": {"photos": len(self.valid["images"]), "nails": valid},
             "groups": {str(k): int(v) for k, v in groups.items()},
+            **({"crowd_regions": crowds} if crowds else {}),
+            **({"categories": self.categories} if self.categories else {}),
             "problems": [{"file": f, "problem": p} for f, p in self.problems],
         }
+
+
+def _nails(coco: dict) -> int:
+    """Annotations that are nails, not crowd regions."""
+    return sum(1 for a in coco["annotations"] if not a.get("iscrowd"))
 
 
 def _find_dir(parent: Path, name: str) -> Path | None:
@@ -102,15 +117,20 @@ def _group_of(path: Path, base: Path) -> str:
     return "default" if parent == "." else parent
 
 
-def discover(root: str | Path) -> tuple[str, list[Sample], list[tuple[str, str]]]:
+def discover(root: str | Path, categories: tuple[str, ...] = ()) -> tuple[str, list[Sample], list[tuple[str, str]]]:
     """Find every photo and its label under ``root``.
 
+    Args:
+        categories: COCO layout: the categories to keep (see :mod:`nailseg.coco_dataset`).
+
     Returns:
-        ``(layout, samples, problems)``: layout is ``"semantic"`` or ``"yolo"``; problems are
-        ``(relative path, message)`` pairs for photos without labels and labels without photos.
+        ``(layout, samples, problems)``: layout is ``"semantic"``, ``"coco"`` or ``"yolo"``;
+        problems are ``(relative path, message)`` pairs for photos without labels, labels without
+        photos and (COCO) labels that cannot be used.
 
     Raises:
-        ValueError: when ``root`` is not a folder or holds neither layout.
+        ValueError: when ``root`` is not a folder or holds no layout, or a category named in
+            ``categories`` is in no COCO file.
     """
     root = Path(root)
     if not root.is_dir():
@@ -118,6 +138,9 @@ def discover(root: str | Path) -> tuple[str, list[Sample], list[tuple[str, str]]
     images_dir, masks_dir = _find_dir(root, "images"), _find_dir(root, "masks")
     if images_dir and masks_dir:
         return ("semantic", *_pair(root, images_dir, masks_dir, IMAGE_EXTENSIONS, "mask"))
+    if coco_files := find_coco_files(root):
+        photos, problems = read_coco_dataset(root, coco_files, _files(root, IMAGE_EXTENSIONS), categories)
+        return "coco", [Sample(p.image, p.label.file, p.group, "coco", p.label) for p in photos], problems
     yolo_roots = [root] if _find_dir(root, "labels") else []
     yolo_roots += [d for d in sorted(root.iterdir()) if d.is_dir() and _find_dir(d, "labels")]
     if yolo_roots:
@@ -133,8 +156,8 @@ def discover(root: str | Path) -> tuple[str, list[Sample], list[tuple[str, str]]
             problems += missing
         return "yolo", samples, problems
     raise ValueError(
-        f"no dataset found in {root}: expected Images/ + Masks/ (semantic masks) "
-        "or images/ + labels/ (YOLO-seg polygons)"
+        f"no dataset found in {root}: expected Images/ + Masks/ (semantic masks), COCO files "
+        "(annotations.json, annotations/instances_*.json, _annotations.coco.json) or images/ + labels/ (YOLO-seg)"
     )
 
 
@@ -225,7 +248,7 @@ def convert_sample(root: Path, sample: Sample, min_area: int, split_touching: bo
     nails are encoded one at a time, so one file cannot ask for more than one full-size mask.
     """
     out = ConvertedSample(sample)
-    image_path, label_path = root / sample.image, root / sample.label
+    image_path = root / sample.image
     try:
         data = image_path.read_bytes()
         if not data:
@@ -235,20 +258,28 @@ def convert_sample(root: Path, sample: Sample, min_area: int, split_touching: bo
         _check_pixels(out.width, out.height, "the photo")
         # Decoded once (a JPEG at 1/8 scale): a truncated photo is a problem here, not in training.
         load_image_rgb(data, max_side=64)
-        if sample.kind == "yolo":
-            polygons = load_yolo_polygons(label_path, out.width, out.height)
-            instances = (m for p in polygons for m in convert.polygons_to_instances([p], out.height, out.width))
-            instances = (m for m in instances if m.sum() >= min_area)
+        if sample.coco is not None:
+            out.annotations = photo_annotations(sample.coco, out.width, out.height, min_area)
         else:
-            mask = load_mask(label_path)
-            if mask.shape[:2] != (out.height, out.width):
-                raise ValueError(f"size mismatch: photo {out.width}x{out.height}, mask {mask.shape[1]}x{mask.shape[0]}")
-            binary = convert.binarize_mask(mask)
-            instances = convert.mask_to_instances(binary, min_area, split_touching, max_instances=convert.MAX_NAILS)
-        out.annotations = [convert.instance_to_annotation(m) for m in instances]
+            label = root / sample.label
+            instances = _label_instances(label, sample.kind, out.width, out.height, min_area, split_touching)
+            out.annotations = [convert.instance_to_annotation(m) for m in instances]
     except (OSError, ValueError) as err:
         out.problem = str(err) or type(err).__name__
     return out
+
+
+def _label_instances(label_path: Path, kind: str, width: int, height: int, min_area: int, split_touching: bool):
+    """The nail masks of a YOLO label file or a semantic mask, one at a time where it can be."""
+    if kind == "yolo":
+        polygons = load_yolo_polygons(label_path, width, height)
+        instances = (m for p in polygons for m in convert.polygons_to_instances([p], height, width))
+        return (m for m in instances if m.sum() >= min_area)
+    mask = load_mask(label_path)
+    if mask.shape[:2] != (height, width):
+        raise ValueError(f"size mismatch: photo {width}x{height}, mask {mask.shape[1]}x{mask.shape[0]}")
+    binary = convert.binarize_mask(mask)
+    return convert.mask_to_instances(binary, min_area, split_touching, max_instances=convert.MAX_NAILS)
 
 
 def _convert_chunk(args) -> list[ConvertedSample]:
@@ -310,24 +341,26 @@ def convert_dataset(
     split_touching: bool = False,
     workers: int | None = None,
     progress: bool | None = None,
+    categories: tuple[str, ...] = (),
 ) -> ConversionReport:
     """Convert a dataset folder into train/valid COCO dicts and a manifest (nothing is written).
 
     Args:
-        root: dataset folder in either supported layout.
+        root: dataset folder in any supported layout.
         valid_fraction: share of photos (per group) held out for validation; 0 puts all in train.
         seed: seed of the split.
         min_area: nails smaller than this many pixels are dropped.
         split_touching: split touching nails by watershed (semantic masks only).
         workers: processes to use; default: all cores.
         progress: show a progress bar; default: only on a terminal.
+        categories: COCO layout: the categories to keep (see :mod:`nailseg.coco_dataset`).
     """
     from tqdm import tqdm
 
     if not 0 <= valid_fraction < 1:
         raise ValueError(f"valid fraction must be in [0, 1), got {valid_fraction}")
     root = Path(root).resolve()
-    layout, samples, problems = discover(root)
+    layout, samples, problems = discover(root, categories)
     workers = workers or os.cpu_count() or 1
     chunks = [samples[i : i + 16] for i in range(0, len(samples), 16)]
     jobs = [(root, chunk, min_area, split_touching) for chunk in chunks]
@@ -375,7 +408,10 @@ def convert_dataset(
             "nails": [len(r.annotations) for r in ok],
         }
     )
-    return ConversionReport(root, layout, split_dicts["train"], split_dicts["valid"], manifest, problems)
+    categories_seen = category_counts([r.sample.coco for r in ok]) if layout == "coco" else {}
+    return ConversionReport(
+        root, layout, split_dicts["train"], split_dicts["valid"], manifest, problems, categories_seen
+    )
 
 
 def save_report(report: ConversionReport, out_dir: str | Path) -> list[Path]:

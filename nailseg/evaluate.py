@@ -207,11 +207,15 @@ def coco_ap(gt: dict, results: list[dict]) -> dict:
 
 
 def coco_nails(coco: dict, image: dict) -> Nails:
-    """The annotations of one COCO image as ``Nails`` (score 1), in reading order."""
+    """The annotations of one COCO image as ``Nails`` (score 1), in reading order.
+
+    Crowd regions (``iscrowd`` 1) are left out: COCO counts them as no object, only as a place
+    where detections cost nothing.
+    """
     from nailseg.convert import segmentation_to_mask
 
     height, width = image["height"], image["width"]
-    anns = [a for a in coco["annotations"] if a["image_id"] == image["id"]]
+    anns = [a for a in coco["annotations"] if a["image_id"] == image["id"] and not a.get("iscrowd")]
     if not anns:
         return Nails.empty(height, width)
     masks = [segmentation_to_mask(ann["segmentation"], height, width) for ann in anns]

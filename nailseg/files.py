@@ -63,6 +63,18 @@ def unique_stems(names: list[str]) -> list[str]:
     return stems
 
 
+def unique_names(names: list[str]) -> list[str]:
+    """``names``, each repeat with ``-2``, ``-3``... before its suffix: ``image.jpg, image.jpg`` ->
+    ``image.jpg, image-2.jpg`` (phones name every pasted photo ``image.jpg``)."""
+    seen: dict[str, int] = {}
+    unique = []
+    for name in names:
+        seen[name] = seen.get(name, 0) + 1
+        stem, dot, suffix = name.rpartition(".") if "." in name.lstrip(".") else (name, "", "")
+        unique.append(name if seen[name] == 1 else f"{stem}-{seen[name]}{dot}{suffix}")
+    return unique
+
+
 def folder_bytes(folder: Path) -> int:
     """Bytes of the regular files under ``folder`` (0 when it does not exist)."""
     return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file() and not p.is_symlink())

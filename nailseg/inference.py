@@ -15,9 +15,9 @@ from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
-import cv2
 import numpy as np
 
+from nailseg.convert import resize_mask
 from nailseg.dedup import MaskDedup, shown_nails
 from nailseg.images import fit_within
 from nailseg.precision import channels_last, choose_precision, use_bf16
@@ -112,10 +112,7 @@ def _to_photo(nails: Nails, scale: float, height: int, width: int) -> Nails:
     if scale != 1.0:
         masks = np.zeros((0, height, width), bool)
         if len(nails):
-            resized = [
-                cv2.resize(m.astype(np.uint8), (width, height), interpolation=cv2.INTER_NEAREST) for m in nails.masks
-            ]
-            masks = np.stack(resized).astype(bool)
+            masks = np.stack([resize_mask(m, height, width) for m in nails.masks])
     boxes[:, 0::2] = boxes[:, 0::2].clip(0, width)
     boxes[:, 1::2] = boxes[:, 1::2].clip(0, height)
     return Nails(boxes, masks, nails.scores.copy()).in_reading_order()

@@ -98,10 +98,34 @@ def _top_object(data, name: str, what: str) -> dict:
 def check_coco(data, name: str) -> dict:
     """``data`` if it is a COCO instances file that pycocotools, mmdet and NailSeg can all use.
 
-    Checked: ``images`` (integer ids, once each; a file name; a size within the photo limit),
-    ``categories`` (integer ids, names), ``annotations`` (an image and category that exist; a
-    finite ``bbox`` and ``area``; ``iscrowd`` 0 or 1; a segmentation of polygons within the photo
-    or an RLE of exactly its size; at most ``MAX_NAILS`` per photo), and ``info`` if present.
+    Checked: ``images`` and ``categories`` (see :func:`check_coco_header`), ``annotations`` (an
+    image and category that exist; a finite ``bbox`` and ``area``; ``iscrowd`` 0 or 1; a
+    segmentation of polygons within the photo or an RLE of exactly its size; at most ``MAX_NAILS``
+    per photo).
+
+    Raises:
+        ValueError: the first thing that is wrong, with ``name`` and where it is.
+    """
+    sizes, categories = check_coco_header(data, name)
+    nails = Counter()
+    for k, ann in enumerate(_objects(data, "annotations", name)):
+        where = f"annotations[{k}]"
+        _check_annotation(ann, name, where, sizes, categories)
+        nails[ann["image_id"]] += 1
+        if nails[ann["image_id"]] > MAX_NAILS:
+            raise ValueError(f"{name}: image {ann['image_id']} has more than {MAX_NAILS} annotations")
+    return data
+
+
+def check_coco_header(data, name: str) -> tuple[dict[int, tuple[int, int]], dict[int, str]]:
+    """The photo sizes and category names of a COCO file, all checked but the annotations themselves.
+
+    Checked: a JSON object; ``info``, if present, an object; ``images`` (integer ids, once each; a
+    file name; a size within the photo limit); ``categories`` (integer ids, names); ``annotations``
+    a list of objects.
+
+    Returns:
+        ``(sizes, categories)``: ``(height, width)`` by image id, and names by category id.
 
     Raises:
         ValueError: the first thing that is wrong, with ``name`` and where it is.
@@ -116,19 +140,13 @@ def check_coco(data, name: str) -> dict:
         image_id, size = _image_size(image, name, f"images[{k}]")
         _require(image_id not in sizes, name, f"images[{k}].id", "unique", image_id)
         sizes[image_id] = size
-    categories = set()
+    categories = {}
     for k, category in enumerate(_objects(data, "categories", name)):
         _require(_is_int(category.get("id")), name, f"categories[{k}].id", "an integer", category.get("id"))
         _require(isinstance(category.get("name"), str), name, f"categories[{k}].name", "a string", category.get("name"))
-        categories.add(category["id"])
-    nails = Counter()
-    for k, ann in enumerate(_objects(data, "annotations", name)):
-        where = f"annotations[{k}]"
-        _check_annotation(ann, name, where, sizes, categories)
-        nails[ann["image_id"]] += 1
-        if nails[ann["image_id"]] > MAX_NAILS:
-            raise ValueError(f"{name}: image {ann['image_id']} has more than {MAX_NAILS} annotations")
-    return data
+        categories[category["id"]] = category["name"]
+    _objects(data, "annotations", name)
+    return sizes, categories
 
 
 def _image_size(image: dict, name: str, where: str) -> tuple[int, tuple[int, int]]:
@@ -145,23 +163,40 @@ def _image_size(image: dict, name: str, where: str) -> tuple[int, tuple[int, int
     return image["id"], (height, width)
 
 
-def _check_annotation(ann: dict, name: str, where: str, sizes: dict, categories: set) -> None:
-    def one_of(key: str, allowed, expected: str) -> None:  # an integer first: True == 1 and [] is unhashable
-        _require(_is_int(ann.get(key)) and ann[key] in allowed, name, f"{where}.{key}", expected, ann.get(key))
+def check_id(ann: dict, key: str, allowed, name: str, where: str, expected: str) -> int:
+    """``ann[key]`` if it is an integer among ``allowed`` (checked as an integer first: ``true``
+    would equal 1, and a list is unhashable).
 
+    Raises:
+        ValueError: ``{name}: {where}.{key} must be {expected}, got ...``.
+    """
+    value = ann.get(key)
+    _require(_is_int(value) and value in allowed, name, f"{where}.{key}", expected, value)
+    return value
+
+
+def _check_annotation(ann: dict, name: str, where: str, sizes: dict, categories: dict) -> None:
     _require(_is_int(ann.get("id")), name, f"{where}.id", "an integer", ann.get("id"))
-    one_of("image_id", sizes, "the id of an image")
-    one_of("category_id", categories, "a category's id")
-    one_of("iscrowd", (0, 1), "0 or 1")
+    image_id = check_id(ann, "image_id", sizes, name, where, "the id of an image")
+    check_id(ann, "category_id", categories, name, where, "a category's id")
+    check_id(ann, "iscrowd", (0, 1), name, where, "0 or 1")
     _require(_is_box(ann.get("bbox")), name, f"{where}.bbox", "[x, y, w, h] (finite, w, h >= 0)", ann.get("bbox"))
     area = ann.get("area")
     _require(_is_number(area) and area >= 0, name, f"{where}.area", "a finite number >= 0", area)
-    height, width = sizes[ann["image_id"]]
-    segmentation = ann.get("segmentation")
+    check_segmentation(ann.get("segmentation"), name, f"{where}.segmentation", *sizes[image_id])
+
+
+def check_segmentation(segmentation, name: str, where: str, height: int, width: int) -> None:
+    """Refuse a COCO segmentation unless it is polygons within the ``height x width`` photo or an
+    RLE of exactly its size (:func:`nailseg.convert.check_polygon`, :func:`~nailseg.convert.check_rle`).
+
+    Raises:
+        ValueError: naming ``name`` and ``where``.
+    """
     polygons = isinstance(segmentation, list) and bool(segmentation)
     polygons = polygons and all(isinstance(p, list) and all(map(_is_number, p)) for p in segmentation)
     expected = "polygons or an RLE object"
-    _require(polygons or isinstance(segmentation, dict), name, f"{where}.segmentation", expected, segmentation)
+    _require(polygons or isinstance(segmentation, dict), name, where, expected, segmentation)
     try:
         if polygons:
             for polygon in segmentation:
@@ -169,7 +204,7 @@ def _check_annotation(ann: dict, name: str, where: str, sizes: dict, categories:
         else:
             check_rle(segmentation, height, width)
     except ValueError as err:
-        raise ValueError(f"{name}: {where}.segmentation: {err}") from None
+        raise ValueError(f"{name}: {where}: {err}") from None
 
 
 # --- COCO results (predictions.json) and a predict run's shards ---------------------------------

@@ -6,6 +6,11 @@ optionally ``masks/<stem>_<k>.png`` and ``masks/<stem>_all.png``. Per run: ``pre
 ``crops.csv`` (one row per nail: :data:`CROP_COLUMNS`), for a classifier's dataset loader. While
 ``nailseg predict --nproc N`` runs, each worker keeps its share in ``.shards/rank-<r>.json``
 (:func:`write_shard`), merged into those two files at the end (:mod:`nailseg.predict`).
+
+Pre-labels for a labelling tool (:func:`write_labels`): ``annotations.json``, a COCO instances
+file whose ``file_name`` entries name the photos as they lie beside it (what CVAT's and Label
+Studio's COCO importers and ``nailseg convert`` expect), and optionally YOLO-seg label files,
+``labels/<file_name>.txt``, as Ultralytics and Roboflow pair them with ``images/<file_name>``.
 """
 
 from __future__ import annotations
@@ -13,18 +18,20 @@ from __future__ import annotations
 import csv
 import io
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import cv2
 import numpy as np
 
-from nailseg import draw
-from nailseg.files import write_atomic
+from nailseg import convert, draw
+from nailseg.files import safe_stem, write_atomic
 from nailseg.json_files import check_results, check_shard, read_json
 from nailseg.result import Nails
 
 PREDICTIONS, CROPS_CSV, SHARDS = "predictions.json", "crops.csv", ".shards"
+ANNOTATIONS, LABELS = "annotations.json", "labels"
 CROP_COLUMNS = ["crop", "cutout", "photo", "nail", "score", "x0", "y0", "x1", "y1", "angle_deg", "tip", "area"]
 
 
@@ -177,3 +184,78 @@ def remove_shards(out_dir: Path) -> None:
         path.unlink()
     if folder.is_dir() and not any(folder.iterdir()):
         folder.rmdir()
+
+
+# --- pre-labels for a labelling tool -------------------------------------------------------------
+
+
+@dataclass
+class PhotoLabels:
+    """One photo's pre-labels: its name in the COCO file, its size, an annotation and a YOLO line per nail."""
+
+    file_name: str
+    width: int
+    height: int
+    annotations: list[dict] = field(default_factory=list)
+    yolo_lines: list[str] = field(default_factory=list)
+
+
+def photo_labels(
+    file_name: str, width: int, height: int, masks: Iterable[np.ndarray], scores: Iterable[float]
+) -> PhotoLabels:
+    """A photo's nails as pre-labels: each a COCO annotation (polygon where one holds the mask
+    exactly, else RLE; its detection's ``score`` kept) and a YOLO-seg line (its outline).
+
+    Args:
+        file_name: the photo as the COCO file names it, relative to the folder the file goes beside.
+        width, height: the photo's size.
+        masks: ``(height, width) bool`` per nail, taken one at a time (a 50 MP photo's are 50 MB each).
+        scores: the nails' scores, in ``[0, 1]``.
+    """
+    labels = PhotoLabels(file_name, width, height)
+    for mask, score in zip(masks, scores):
+        if not mask.any():  # a detection whose mask is empty labels nothing
+            continue
+        labels.annotations.append({**convert.instance_to_annotation(mask), "score": round(float(score), 5)})
+        labels.yolo_lines.append(yolo_line(convert.outline_polygon(mask), width, height))
+    return labels
+
+
+def yolo_line(polygon_xy: np.ndarray, width: int, height: int) -> str:
+    """One YOLO-seg label line: class 0, then the ``(K, 2)`` pixel polygon's points as fractions of
+    the photo's width and height. Six decimals put a point at most 0.004 px off on an 8,000 px
+    side; an outline's points lie 0.05 px from where pycocotools' rasteriser would round them
+    otherwise, so the polygon still gives back exactly its pixels."""
+    return "0 " + " ".join(f"{v:.6f}" for v in (polygon_xy / (width, height)).ravel())
+
+
+def write_labels(out_dir: Path, photos: list[PhotoLabels], yolo: bool = False) -> list[Path]:
+    """Write ``out_dir/annotations.json`` and, with ``yolo``, ``out_dir/labels/...``, each atomically.
+
+    ``annotations.json`` is COCO instances: ``images`` (``file_name``, ``width``, ``height``) in
+    the order given, ``annotations`` with their ``score``, ``categories`` ``[nail]``, ids from 1.
+    """
+    out_dir = Path(out_dir)
+    images = [{"file_name": p.file_name, "width": p.width, "height": p.height} for p in photos]
+    coco = convert.build_coco(images, [p.annotations for p in photos], {"description": "NailSeg pre-labels"})
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = [write_atomic(out_dir / ANNOTATIONS, json.dumps(coco))]
+    if yolo:
+        for photo in photos:
+            path = out_dir / label_file(photo.file_name)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            written.append(write_atomic(path, "".join(line + "\n" for line in photo.yolo_lines)))
+    return written
+
+
+def label_file(file_name: str) -> str:
+    """Where a photo's YOLO label goes: ``labels/<file_name>.txt`` with the photo's suffix replaced.
+
+    A name that could leave that folder (absolute, ``..``, empty parts) or that no file system
+    holds (a NUL, a part over 200 bytes) becomes its safe stem: a visitor names uploads.
+    """
+    rel = PurePosixPath(file_name.replace("\\", "/"))
+    parts_ok = all(part not in ("", ".", "..") and len(part.encode()) <= 200 for part in rel.parts)
+    if rel.is_absolute() or not rel.parts or not parts_ok or "\0" in file_name:
+        return f"{LABELS}/{safe_stem(file_name)}.txt"
+    return f"{LABELS}/{rel.with_suffix('').as_posix()}.txt"

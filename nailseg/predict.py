@@ -13,7 +13,10 @@
 
 While a run goes on, its results are saved every :data:`SAVE_EVERY_S` seconds (one process:
 ``predictions.json`` and ``crops.csv``; a worker: its shard), so a stopped run can be resumed.
-Files are written by :mod:`nailseg.outputs` only.
+When it ends, the pre-labels for a labelling tool are written from ``predictions.json``
+(:func:`save_labels`: ``annotations.json``, optionally YOLO-seg labels), with the photos named
+relative to the folder they share (:func:`label_names`). Files are written by
+:mod:`nailseg.outputs` only.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ from pathlib import Path
 from nailseg import distributed, outputs
 from nailseg.draw import CropOptions
 from nailseg.files import unique_stems
-from nailseg.images import IMAGE_EXTENSIONS
+from nailseg.images import IMAGE_EXTENSIONS, ImageError, exif_size
 
 SAVE_EVERY_S = 60.0
 
@@ -80,6 +83,38 @@ def plan(names: list[str]) -> list[Photo]:
     return [Photo(i, name, stem) for i, (name, stem) in enumerate(zip(names, unique_stems(names)), start=1)]
 
 
+def label_names(names: list[str]) -> list[str]:
+    """The photos' names as ``annotations.json`` gives them: relative to the deepest folder holding
+    them all, so that the file, put in that folder, names each photo where it lies (what CVAT's and
+    Label Studio's importers and ``nailseg convert`` expect). Links are not followed."""
+    paths = [Path(os.path.abspath(name)) for name in names]
+    base = os.path.commonpath([p.parent for p in paths]) if paths else ""
+    return [p.relative_to(base).as_posix() for p in paths]
+
+
+def save_labels(out_dir: Path, photos: list[Photo], entries: Iterable[dict], yolo: bool = False) -> list[Path]:
+    """Write the pre-labels of the photos segmented (see :func:`nailseg.outputs.write_labels`).
+
+    Their masks are read back from the entries' results (RLE, exact), one at a time; photos that
+    failed, or are gone since, are left out.
+    """
+    from nailseg.convert import segmentation_to_mask
+
+    done = {e["name"]: e for e in entries if not e["failed"]}
+    labelled = []
+    for photo, file_name in zip(photos, label_names([p.name for p in photos])):
+        if photo.name not in done:
+            continue
+        try:
+            width, height = exif_size(photo.name)
+        except ImageError:  # gone since it was segmented
+            continue
+        results = done[photo.name]["results"]
+        masks = (segmentation_to_mask(r["segmentation"], height, width) for r in results)
+        labelled.append(outputs.photo_labels(file_name, width, height, masks, [r["score"] for r in results]))
+    return outputs.write_labels(out_dir, labelled, yolo)
+
+
 def previous_results(out_dir: Path, photos: list[Photo], shards: bool = True) -> dict[str, dict]:
     """Photos of ``photos`` that an earlier run in ``out_dir`` segmented, by name.
 
@@ -124,6 +159,7 @@ def run(
     resume: bool = False,
     nproc: int = 1,
     argv: list[str] | None = None,
+    yolo: bool = False,
 ) -> int:
     """Segment the photos of ``inputs`` into ``out_dir`` on ``nproc`` processes.
 
@@ -132,6 +168,7 @@ def run(
         resume: keep what an earlier run in ``out_dir`` segmented, do the rest.
         nproc: processes (one per GPU where there are GPUs); above 1 the workers are started with
             ``argv`` (the ``nailseg`` arguments, ``["predict", ...]``) plus ``--distributed``.
+        yolo: also write YOLO-seg pre-labels (``annotations.json`` is always written).
 
     Returns:
         The exit status: 1 when every photo tried failed or a worker failed, else 0.
@@ -150,9 +187,7 @@ def run(
     if nproc <= 1 or not todo:
         outputs.remove_shards(out_dir)  # stale, or just folded into `kept`
         done, source = _segment(todo, out_dir, settings, None, _saver(out_dir, kept)) if todo else ([], "-")
-        path = save_merged(out_dir, [*kept.values(), *done])
-        nails = sum(len(e["results"]) for e in [*kept.values(), *done])
-        print(f"wrote {path} and {outputs.CROPS_CSV} ({nails} nails, weights: {source})")
+        print(f"{_save_all(out_dir, photos, [*kept.values(), *done], yolo)}, weights: {source})")
         return _status(done)
     if not argv:
         raise ValueError("the workers' arguments (argv) are needed for nproc > 1")
@@ -164,10 +199,9 @@ def run(
     # (a CPU's sums depend on how many threads share them). On GPUs it makes no difference.
     code = distributed.launch(argv, nproc, share_cores=False)
     done = outputs.read_shards(out_dir)
-    path = save_merged(out_dir, [*kept.values(), *done])
+    written = _save_all(out_dir, photos, [*kept.values(), *done], yolo)
     outputs.remove_shards(out_dir)
-    nails = sum(len(e["results"]) for e in [*kept.values(), *done])
-    print(f"wrote {path} and {outputs.CROPS_CSV} ({nails} nails, {len(done)} photos on {nproc} processes)")
+    print(f"{written}, {len(done)} photos on {nproc} processes)")
     if code:
         left = len(todo) - len(done)
         print(f"error: a worker failed; {left} photo(s) not done: run again with --resume", file=sys.stderr)
@@ -195,6 +229,16 @@ def run_worker(inputs: Iterable[str | Path], out_dir: Path, settings: Settings, 
     done, source = _segment(share, out_dir, settings, device, save, f"rank {rank} of {world}", show=rank == 0)
     print(f"rank {rank}: {len(done)} photo(s), weights: {source}")
     return 0
+
+
+def _save_all(out_dir: Path, photos: list[Photo], entries: list[dict], yolo: bool) -> str:
+    """The end of a run: ``predictions.json``, ``crops.csv`` and the pre-labels of all its photo
+    entries; returns the start of the summary line, ``wrote ... (N nails``."""
+    path = save_merged(out_dir, entries)
+    save_labels(out_dir, photos, entries, yolo)
+    labels = f"{outputs.ANNOTATIONS} and {outputs.LABELS}/" if yolo else outputs.ANNOTATIONS
+    nails = sum(len(e["results"]) for e in entries)
+    return f"wrote {path}, {outputs.CROPS_CSV}, {labels} ({nails} nails"
 
 
 def _entry(name: str, image_id: int) -> dict:

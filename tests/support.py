@@ -28,6 +28,7 @@ from nailseg.weights import BUNDLED_WEIGHTS, ENV_VAR
 REPO = Path(__file__).resolve().parent.parent
 DATA = REPO / "tests" / "data" / "nails-roboflow"  # six CC BY 4.0 photos, see tests/data/ATTRIBUTION.md
 PHOTOS = sorted((DATA / "images").glob("*.jpg"))
+COCO_FIXTURES = REPO / "tests" / "data"  # coco-*/: those photos as labelling tools export COCO (scripts/)
 SHARED = REPO.parent / "shared" / "data"  # the full data sets: only in the development checkout
 
 
@@ -64,6 +65,39 @@ def label_masks(photo: Path) -> np.ndarray:
     polygons = load_yolo_polygons(DATA / "labels" / f"{photo.stem}.txt", width, height)
     masks = polygons_to_instances(polygons, height, width)
     return np.stack(masks) if masks else np.zeros((0, height, width), bool)
+
+
+def coco_masks(coco: dict, crowd: bool = False) -> dict[str, list[np.ndarray]]:
+    """Each photo's annotation masks as pycocotools itself decodes them (``COCO.annToMask``), in
+    file order, by the photo's file name (without its folder); crowd regions only with ``crowd``."""
+    import contextlib
+
+    from pycocotools.coco import COCO
+
+    with contextlib.redirect_stdout(io.StringIO()):  # createIndex prints
+        index = COCO()
+        index.dataset = json.loads(json.dumps(coco))
+        index.createIndex()
+    return {
+        Path(image["file_name"]).name: [
+            index.annToMask(a).astype(bool) for a in index.imgToAnns[image["id"]] if bool(a.get("iscrowd")) == crowd
+        ]
+        for image in coco["images"]
+    }
+
+
+def same_masks(found: list[np.ndarray], expected: list[np.ndarray] | np.ndarray) -> bool:
+    """The same masks in the same order, pixel for pixel."""
+    return len(found) == len(expected) and all(np.array_equal(a, b) for a, b in zip(found, expected))
+
+
+def folder_zip(folder: Path, path: Path) -> Path:
+    """A zip of every file under ``folder``, named relative to it (links followed: the COCO
+    fixtures' photos are links to the test photos)."""
+    with zipfile.ZipFile(path, "w") as zf:
+        for file in sorted(p for p in folder.rglob("*") if p.is_file()):
+            zf.write(file, file.relative_to(folder).as_posix())
+    return path
 
 
 def free_port() -> int:

@@ -201,3 +201,51 @@ def test_the_login_page_works_behind_the_login_guard(browser, tmp_path):
     finally:
         context.close()
         app.stop()
+
+
+def test_a_labelling_tools_coco_export_converts_then_trains_from_the_train_tab(browser, tmp_path_factory):
+    """Issue 23: CVAT's "COCO 1.0" export, kept on the server by its owner, trains one iteration
+    from the bundled model through the Train tab (in an app of its own: the other tests' app
+    shows no training run).
+
+    The app's folder has a short name: the training's data loader passes tensors to its worker
+    through a Unix socket under the app's ``$TMPDIR``, and a path over 107 bytes fails there (the
+    training then waits for its worker forever)."""
+    tmp_path = tmp_path_factory.mktemp("t")
+    from support import COCO_FIXTURES, AppProcess, folder_zip, label_count
+
+    from nailseg.jobs import TrainingJobs
+    from nailseg.tabs.train import FROM_BUNDLED
+    from nailseg.weights import BUNDLED_WEIGHTS
+
+    photos = sorted((COCO_FIXTURES / "coco-cvat-1.0" / "images" / "default").iterdir())
+    archive = folder_zip(COCO_FIXTURES / "coco-cvat-1.0", tmp_path / "cvat-task.zip")
+    app = AppProcess(tmp_path / "app")
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    try:
+        page = context.new_page()
+        page.set_default_timeout(TIMEOUT_MS)
+        page.goto(app.url)
+        open_tab(page, "Dataset → COCO")
+        page.locator("#dataset-zip input[type=file]").set_input_files(str(archive))
+        page.get_by_label(re.compile("Keep the photos on the server")).check()
+        page.get_by_role("button", name="Convert", exact=True).click()
+        stats = page.locator("#dataset-stats")
+        stats.get_by_text(f"{len(photos)} photos, {sum(map(label_count, photos))} nails", exact=True).wait_for()
+        assert "layout: coco" in stats.inner_text() and "Kept on the server" in stats.inner_text()
+
+        open_tab(page, "Train")
+        page.locator("#train-data-refresh").click()  # the newest kept dataset is picked
+        page.wait_for_function("document.querySelector('#train-data input')?.value.startsWith('cvat-task-')")
+        start_from = page.locator("#train-start-from input")
+        start_from.fill(FROM_BUNDLED)
+        start_from.press("Enter")
+        page.get_by_label(re.compile("Config overrides")).fill("train_cfg.max_iters=1")
+        page.locator("#train-start").click()
+        page.locator("#train-progress-text").get_by_text("finished: iteration 1 / 1").wait_for(timeout=600_000)
+        status = TrainingJobs(app.tmp / "work_dirs").status()
+        assert status.argv[status.argv.index("--load-from") + 1] == str(BUNDLED_WEIGHTS)
+        assert status.checkpoint and Path(status.checkpoint).is_file()
+    finally:
+        context.close()
+        app.stop()

@@ -26,7 +26,8 @@ from support import (
     weights_spec,
 )
 
-from nailseg.images import load_image_rgb
+from nailseg.convert import segmentation_to_mask
+from nailseg.images import exif_size, load_image_rgb
 from nailseg.tabs.segment import WORK_SIDE
 from nailseg.weights import BUNDLED_WEIGHTS
 
@@ -127,6 +128,16 @@ def test_batch_returns_one_zip(client):
     rows = list(csv.DictReader(io.StringIO(archive.read("crops.csv").decode())))
     assert len(rows) == len(predictions) and all(r["crop"] in names and r["cutout"] in names for r in rows)
     assert {r["tip"] for r in rows} <= {"up", "unknown"} and {r["photo"] for r in rows} == {p.name for p in PHOTOS[:2]}
+    # The pre-labels for a labelling tool (issue 23): the photos as named, at the size uploaded.
+    labels = json.loads(archive.read("annotations.json"))
+    assert [(i["file_name"], i["width"], i["height"]) for i in labels["images"]] == [
+        (p.name, *exif_size(p)) for p in PHOTOS[:2]
+    ]
+    nails = [r for r in predictions if segmentation_to_mask(r["segmentation"], *r["segmentation"]["size"]).any()]
+    assert [a["score"] for a in labels["annotations"]] == [r["score"] for r in nails]
+    for photo in PHOTOS[:2]:
+        lines = archive.read(f"labels/{photo.stem}.txt").decode().splitlines()
+        assert len(lines) == sum(r["file_name"] == photo.name for r in nails)
 
 
 def make_input(kind: str, tmp: Path) -> Path:

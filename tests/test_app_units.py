@@ -375,6 +375,7 @@ def test_dataset_summary_escapes_what_a_zip_brings():
         "train": {"photos": 1, "nails": 0},
         "valid": {"photos": 0, "nails": 0},
         "groups": {"[g](http://evil.example)": 1},
+        "categories": {"kept": {"[nail](http://evil.example)": 1}, "left_out": {"`](http://evil.example)": 2}},
         "problems": [
             {
                 "file": "labels/x`](http://evil.example).txt",

@@ -38,14 +38,24 @@ def summary_markdown(summary: dict) -> str:
         f"layout: {summary['layout']}",
         f"- train: {summary['train']['photos']} photos, {summary['train']['nails']} nails",
         f"- valid: {summary['valid']['photos']} photos, {summary['valid']['nails']} nails",
-        "- groups: " + (", ".join(f"{code(k)} ({v})" for k, v in summary["groups"].items()) or "none"),
+        f"- groups: {_counts(summary['groups'])}",
     ]
+    if crowds := summary.get("crowd_regions"):
+        lines.append(f"- crowd regions (`iscrowd`: several nails in one, not learnt as a nail): {crowds}")
+    if categories := summary.get("categories"):  # a COCO dataset's
+        kept, left_out = (_counts(categories[side]) for side in ("kept", "left_out"))
+        lines.append(f"- categories kept as nails: {kept}; left out: {left_out}")
     problems = summary["problems"]
     lines.append(f"\n**Problems: {len(problems)}**" if problems else "\nNo problems found.")
     lines += [f"- {code(p['file'])}: {plain(p['problem'])}" for p in problems[:50]]
     if len(problems) > 50:
         lines.append(f"- … and {len(problems) - 50} more (see manifest and the COCO files)")
     return "\n".join(lines)
+
+
+def _counts(counts: dict[str, int]) -> str:
+    """``name (count), ...`` with each name as code, or ``none``."""
+    return ", ".join(f"{code(name)} ({count})" for name, count in counts.items()) or "none"
 
 
 def kept_dataset_dir(zip_name: str, zip_bytes: int) -> Path:
@@ -114,8 +124,10 @@ def convert_zip(
 def dataset_tab() -> None:
     """Build the tab's components and events inside the current ``gr.Tab``."""
     gr.Markdown(
-        "Upload a `.zip` holding `Images/` + `Masks/` (semantic masks) or `images/` + `labels/` "
-        "(YOLO-seg polygons). It is deleted once converted, unless the owner keeps it to train on."
+        "Upload a `.zip` holding `Images/` + `Masks/` (semantic masks), COCO instances with their photos "
+        "(CVAT's *COCO 1.0* export, Roboflow's *COCO Segmentation*, or an `annotations.json` beside the "
+        "photos) or `images/` + `labels/` (YOLO-seg polygons). It is deleted once converted, unless the "
+        "owner keeps it to train on."
     )
     with gr.Row():
         with gr.Column():

@@ -20,7 +20,8 @@ from gradio.image_utils import decode_base64_to_file
 from PIL import Image
 
 from nailseg import access, draw, outputs
-from nailseg.files import safe_stem, unique_stems, write_zip
+from nailseg.convert import resize_mask
+from nailseg.files import safe_stem, unique_names, unique_stems, write_zip
 from nailseg.images import ImageError, exif_size, load_image_rgb
 from nailseg.inference import MAX_INFERENCE_SIDE
 from nailseg.result import Nails
@@ -252,8 +253,11 @@ def render_and_keep(
 
 
 def segment_batch(payload: list | None, score_thr, margin, square, size, background, align) -> tuple[str, str]:
-    """Several photos in; one zip out (a folder per photo, ``predictions.json``, ``crops.csv``) and a summary.
+    """Several photos in; one zip out and a summary.
 
+    The zip holds a folder per photo and ``predictions.json``, ``crops.csv`` (pixels of the photos
+    at working size), and the pre-labels ``annotations.json`` and ``labels/`` at the size each photo
+    was uploaded, named as uploaded (a repeated name numbered: :func:`~nailseg.files.unique_names`).
     Its inputs arrive as sent (the event runs with ``preprocess=False``): each file is checked by
     :func:`~nailseg.serving.uploaded_file`, and one that is refused ends the request.
     """
@@ -266,9 +270,10 @@ def segment_batch(payload: list | None, score_thr, margin, square, size, backgro
     options = crop_options(margin, square, size, background, align)
     score_thr = number(score_thr, "Score threshold", 0, 1)
     out = scratch_dir()
-    results, rows, lines = [], [], []
+    results, rows, lines, labelled = [], [], [], []
     names = [u.name for u in uploads]
-    for image_id, (upload, name, stem) in enumerate(zip(uploads, names, unique_stems(names)), start=1):
+    photos = zip(uploads, names, unique_stems(names), unique_names(names))
+    for image_id, (upload, name, stem, label_name) in enumerate(photos, start=1):
         try:
             image_rgb, original_size = read_photo(upload)
         except gr.Error as err:
@@ -279,10 +284,21 @@ def segment_batch(payload: list | None, score_thr, margin, square, size, backgro
         saved = outputs.save_photo(out / "nails" / stem, stem, image_rgb, nails, options, masks=True, photo=name)
         rows += [{**r, "crop": f"{stem}/{r['crop']}", "cutout": f"{stem}/{r['cutout']}"} for r in saved.crop_rows]
         results += outputs.photo_results(nails, image_id, name)
-        lines.append(f"- {code(name)}: {len(nails) or 'no'} nail(s)")
+        labelled.append(uploaded_size_labels(label_name, nails, original_size))
+        renamed = f" (labelled as {code(label_name)}: an earlier photo has its name)" if label_name != name else ""
+        lines.append(f"- {code(name)}: {len(nails) or 'no'} nail(s){renamed}")
     outputs.write_predictions(out / "nails", results)
     outputs.write_crops_csv(out / "nails", rows)
+    outputs.write_labels(out / "nails", labelled, yolo=True)
     return str(write_zip(out / "nails", out / "nails_batch.zip")), "\n".join(lines)
+
+
+def uploaded_size_labels(file_name: str, nails: Nails, original_size: tuple[int, int]) -> outputs.PhotoLabels:
+    """A photo's pre-labels at the size it was uploaded (``(width, height)``): the working-size
+    masks scaled back one at a time, as ``nailseg predict`` scales the model's back to a photo."""
+    width, height = original_size
+    masks = (resize_mask(mask, height, width) for mask in nails.masks)
+    return outputs.photo_labels(file_name, width, height, masks, nails.scores)
 
 
 def switch_weights(spec: str, request: gr.Request, profile: gr.OAuthProfile | None) -> str:
@@ -345,7 +361,9 @@ def segment_tab(examples: list[str]) -> Callable[[Dependency], None]:
     with gr.Accordion("Several photos at once", open=False):
         batch_files = gr.File(file_count="multiple", file_types=["image"], label=f"Photos (up to {MAX_BATCH})")
         batch_button = gr.Button("Segment all")
-        batch_zip = gr.File(label="Download (one folder per photo)")
+        batch_zip = gr.File(
+            label="Download (a folder per photo; annotations.json and labels/ to correct in CVAT, Label Studio...)"
+        )
         batch_summary = gr.Markdown()
     with gr.Accordion("Weights (owner only)", open=False):
         weights = gr.Textbox(
