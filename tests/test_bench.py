@@ -79,7 +79,9 @@ def test_small_nails_counts_what_evaluate_counts(tmp_path):
     halved = small_nails.nails_by_anchor_fit(segmenter, load_coco(half / "coco" / "train.json"), half, 0.9)
     assert len(halved) == 20 and np.abs(halved[:, 0] - table[:, 0]).max() < 0.1
 
+    # The smallest anchor (finest stride, scale, ratio 1) is matched exactly; a nail a third its side is not.
     priors = segmenter.model.rpn_head.prior_generator
-    boxes = np.array([[200, 200, 214, 214], [0, 0, 32, 32]], np.float32)
+    side = float(priors.strides[0][0] * min(priors.scales))
+    boxes = np.array([[200, 200, 200 + side / 3, 200 + side / 3], [0, 0, side, side]], np.float32)
     ious = small_nails.best_anchor_iou(priors, boxes, 432, 432)
     assert ious[0] < 0.3 and abs(ious[1] - 1.0) < 1e-6
