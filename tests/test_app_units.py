@@ -7,6 +7,7 @@ import stat
 import time
 import zipfile
 from pathlib import Path
+from types import SimpleNamespace
 
 import gradio as gr
 import numpy as np
@@ -15,11 +16,13 @@ from PIL import Image
 from support import PHOTOS, bomb_zip, damaged_zip, dataset_zip, jpeg_bytes
 
 from nailseg import archives, outputs
+from nailseg.dedup import MaskDedup
 from nailseg.evaluate import coco_nails
+from nailseg.inference import NailSegmenter
 from nailseg.result import Nails
 from nailseg.serving import ModelStore, SessionStore, Upload, number, uploaded_file
 from nailseg.tabs import dataset, segment
-from nailseg.weights import WeightsError
+from nailseg.weights import ResolvedWeights, WeightsError
 
 
 def member(name: str, size: int = 10, compressed: int | None = None, mode: int = stat.S_IFREG | 0o644):
@@ -262,16 +265,27 @@ def test_a_webcam_picture_is_written_into_gradios_folder(tmp_path, monkeypatch, 
 
 
 def photo(name: str, height: int, width: int, n: int = 0) -> segment.SegmentedPhoto:
-    boxes = np.array([[1, 1, 5, 5]] * n, np.float32).reshape(n, 4)
+    """A kept photo whose ``n`` detections are apart (one box each along x), scoring 0.9 down to 0.6."""
+    boxes = np.array([[1 + 6 * k, 1, 5 + 6 * k, 5] for k in range(n)], np.float32).reshape(n, 4)
     masks = np.zeros((n, height, width), bool)
-    masks[:, 1:5, 1:5] = True
+    for k in range(n):
+        masks[k, 1:5, 1 + 6 * k : 5 + 6 * k] = True
     nails = Nails(boxes, masks, np.linspace(0.9, 0.6, n, dtype=np.float32))
-    rles = [
-        {"size": r["segmentation"]["size"], "counts": r["segmentation"]["counts"].encode()}
-        for r in nails.to_coco_results(1)
-    ]
     image = np.zeros((height, width, 3), np.uint8)
-    return segment.SegmentedPhoto(name, name, image, (width, height), boxes, nails.scores, rles, 0.5, 0.01, "test")
+    return segment.SegmentedPhoto(
+        name,
+        name,
+        image,
+        (width, height),
+        boxes,
+        nails.scores,
+        segment.packed_rles(nails),
+        (height, width),
+        MaskDedup(),
+        Nails.in_reading_order,
+        0.01,
+        "test",
+    )
 
 
 def test_render_without_nails_says_so():
@@ -289,6 +303,40 @@ def test_kept_photo_decodes_its_nails_by_threshold():
     kept = photo("p", 30, 20, n=3)
     assert len(kept.nails(0.0)) == 3 and len(kept.nails(0.7)) == 2 and len(kept.nails(0.95)) == 0
     assert kept.nails(0.0).masks.sum() == 3 * 16
+
+
+class SpanModel(NailSegmenter):
+    """A model that reports the issue-22 case: a box at 0.95 spanning two neighbouring nails at 0.8.
+
+    The real model cannot be made to produce it on demand; everything after ``detect`` is the real code.
+    """
+
+    def detect(self, image_rgb):
+        height, width = image_rgb.shape[:2]
+        masks = np.zeros((3, height, width), bool)
+        masks[0, 10:40, 10:50] = True  # the span
+        masks[1, 10:40, 10:30] = True
+        masks[2, 10:40, 30:50] = True
+        boxes = np.array([[10, 10, 50, 40], [10, 10, 30, 40], [30, 10, 50, 40]], np.float32)
+        detections = Nails(boxes, masks, np.array([0.95, 0.8, 0.8], np.float32))
+        return detections, Nails.in_reading_order
+
+
+@pytest.mark.parametrize(("score_thr", "expected"), [(0.5, 2), (0.85, 1), (0.97, 0)])
+def test_the_slider_shows_what_predict_shows_at_its_threshold(monkeypatch, score_thr, expected):
+    """Segmented at 0.5 (the span suppressed by its nails), then redrawn at another threshold: the
+    page shows what ``predict`` shows there (at 0.85 the span alone, where filtering 0.5's nails
+    would show none)."""
+    weights = ResolvedWeights(Path("span.safetensors"), Path("span.json"), "span.safetensors")
+    model = SpanModel(None, None, weights, "cpu", 0.0, MaskDedup(), 0.5)
+    monkeypatch.setattr(segment, "STORE", SimpleNamespace(current=model, notice=""))
+    monkeypatch.setattr(segment, "SESSIONS", SessionStore(2**30, 2**30, 2**30, 60))
+    image = np.zeros((60, 100, 3), np.uint8)
+    kept = segment.detect("hand.jpg", "hand", image, (100, 60))
+    key = segment.SESSIONS.put(kept, kept.nbytes)
+    assert segment.render(kept, 0.5, segment.CROPS)[2] == model.predict(image, 0.5).to_records()
+    redrawn = segment.redraw(key, score_thr, 0.1, True, 224, "keep", False)[2]
+    assert redrawn == model.predict(image, score_thr).to_records() and len(redrawn) == expected
 
 
 def test_session_store_bounds_bytes_and_time(monkeypatch):

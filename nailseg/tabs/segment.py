@@ -1,8 +1,9 @@
 """Segment tab: one photo (or several) in; overlay, per-nail table, crops and a zip out.
 
-The model runs once per photo (``segment``). Raising the score threshold or changing the crop
-options redraws from the visitor's kept result (``render``) without a model run; lowering it below
-the threshold the photo was segmented at runs the model again on the kept photo. The app works on
+The model runs once per photo (``segment``), and the visitor's session keeps every detection it
+made. Moving the score threshold or changing the crop options redraws from them (``render``)
+without a model run, through :func:`nailseg.dedup.shown_nails` (the threshold, then duplicate
+suppression), so the page shows at every threshold what ``predict`` shows at it. The app works on
 photos shrunk to ``WORK_SIDE`` (what the model sees anyway); ``nailseg predict`` keeps the full
 resolution. What a visitor's session keeps is bounded (see :data:`nailseg.serving.SESSIONS`).
 """
@@ -21,6 +22,7 @@ from PIL import Image
 
 from nailseg import access, draw, outputs
 from nailseg.convert import resize_mask
+from nailseg.dedup import MaskDedup, shown_nails
 from nailseg.files import safe_stem, unique_names, unique_stems, write_zip
 from nailseg.images import ImageError, exif_size, load_image_rgb
 from nailseg.inference import MAX_INFERENCE_SIDE
@@ -52,14 +54,17 @@ NOT_KEPT = ". **Not kept for redraws** (the server is busy): a new threshold or 
 
 @dataclass(frozen=True)
 class SegmentedPhoto:
-    """A visitor's segmented photo, kept for redraws: the working-size photo and its nails as RLE.
+    """A visitor's segmented photo, kept for redraws: the working-size photo and the model's detections.
 
     Attributes:
         name: the photo's file name as the visitor gave it.
         stem: a safe stem for the files written for it.
         image_rgb: ``(h, w, 3) uint8`` RGB, EXIF rotation applied, shrunk to ``WORK_SIDE``.
         original_size: ``(width, height)`` of the photo as uploaded.
-        boxes_xyxy, scores, rles: the model's nails scoring at least ``floor`` (masks as COCO RLE).
+        boxes_xyxy, scores, rles: every detection of the model (``NailSegmenter.detect``), in its
+            order and at the size it saw the photo, masks as COCO RLE (:func:`packed_rles`).
+        model_size: ``(height, width)`` of the photo the model saw.
+        dedup: the model's duplicate suppression; to_photo: the model's detections to the photo's ``Nails``.
         seconds: model time; weights, notice: where the weights came from, and what to say about them.
     """
 
@@ -70,7 +75,9 @@ class SegmentedPhoto:
     boxes_xyxy: np.ndarray
     scores: np.ndarray
     rles: list[dict]
-    floor: float
+    model_size: tuple[int, int]
+    dedup: MaskDedup | None
+    to_photo: Callable[[Nails], Nails]
     seconds: float
     weights: str
     notice: str = ""
@@ -80,15 +87,28 @@ class SegmentedPhoto:
         return self.image_rgb.nbytes + sum(len(r["counts"]) for r in self.rles) + 64 * len(self.rles)
 
     def nails(self, score_thr: float) -> Nails:
-        """The kept nails scoring at least ``score_thr``, with their masks decoded."""
+        """What ``predict`` shows at ``score_thr``: :func:`~nailseg.dedup.shown_nails` of the kept
+        detections, in pixels of :attr:`image_rgb` and in reading order.
+
+        Only the detections scoring at least ``score_thr`` are decoded (``shown_nails`` drops the
+        others first anyway): 50 masks of a 1600 px photo would take 128 MB.
+        """
         from pycocotools import mask as mask_utils
 
         keep = np.flatnonzero(self.scores >= score_thr)
-        height, width = self.image_rgb.shape[:2]
-        if not len(keep):
-            return Nails.empty(height, width)
-        masks = mask_utils.decode([self.rles[i] for i in keep]).astype(bool).transpose(2, 0, 1)
-        return Nails(self.boxes_xyxy[keep], masks, self.scores[keep])
+        masks = np.zeros((0, *self.model_size), bool)
+        if len(keep):
+            masks = mask_utils.decode([self.rles[i] for i in keep]).astype(bool).transpose(2, 0, 1)
+        detections = Nails(self.boxes_xyxy[keep], masks, self.scores[keep])
+        return self.to_photo(shown_nails(detections, score_thr, self.dedup))
+
+
+def packed_rles(nails: Nails) -> list[dict]:
+    """``nails``' masks as COCO RLE with ``bytes`` counts, as ``pycocotools.mask.decode`` takes them."""
+    return [
+        {"size": r["segmentation"]["size"], "counts": r["segmentation"]["counts"].encode()}
+        for r in nails.to_coco_results(1)
+    ]
 
 
 def uploaded_photo(payload) -> Upload | None:
@@ -136,30 +156,26 @@ def read_photo(upload: Upload) -> tuple[np.ndarray, tuple[int, int]]:
         raise gr.Error(f"Cannot use {code(upload.name)}: {err}.") from None
 
 
-def detect(
-    name: str, stem: str, image_rgb: np.ndarray, original_size: tuple[int, int], score_thr: float
-) -> SegmentedPhoto:
-    """Run the model in use on a working-size photo, keeping nails scoring ``score_thr`` or more."""
+def detect(name: str, stem: str, image_rgb: np.ndarray, original_size: tuple[int, int]) -> SegmentedPhoto:
+    """Run the model in use once on a working-size photo, keeping every detection it makes."""
     try:
         model = STORE.current
     except WeightsError as err:
         raise gr.Error(str(err)) from None
     start = time.perf_counter()
-    nails = model.predict(image_rgb, score_thr)
+    detections, to_photo = model.detect(image_rgb)
     seconds = time.perf_counter() - start
-    rles = [
-        {"size": r["segmentation"]["size"], "counts": r["segmentation"]["counts"].encode()}
-        for r in nails.to_coco_results(1)
-    ]
     return SegmentedPhoto(
         name,
         stem,
         image_rgb,
         original_size,
-        nails.boxes_xyxy,
-        nails.scores,
-        rles,
-        score_thr,
+        detections.boxes_xyxy,
+        detections.scores,
+        packed_rles(detections),
+        detections.image_size,
+        model.dedup,
+        to_photo,
         seconds,
         weights_name(model.weights.source),
         STORE.notice,
@@ -223,23 +239,19 @@ def segment(
     if not STORE.ready:
         progress(0, desc="Loading the model (only the first photo after a start waits for it)…")
     image_rgb, original_size = read_photo(upload)
-    photo = detect(upload.name, safe_stem(upload.name), image_rgb, original_size, score_thr)
+    photo = detect(upload.name, safe_stem(upload.name), image_rgb, original_size)
     shown, key = render_and_keep(photo, score_thr, options, key, request)
     return (*shown, key)
 
 
-def redraw(key: str | None, score_thr, margin, square, size, background, align, request: gr.Request):
-    """Redraw the visitor's photo for a new threshold or crop options (model run only below its floor)."""
+def redraw(key: str | None, score_thr, margin, square, size, background, align):
+    """Redraw the visitor's photo for a new threshold or crop options, from its kept detections."""
     options = crop_options(margin, square, size, background, align)
     score_thr = number(score_thr, "Score threshold", 0, 1)
     photo = SESSIONS.get(key)
     if photo is None and key is not None:
         raise gr.Error("This photo is no longer kept on the server: press Segment again.")
-    if photo is None or score_thr >= photo.floor:
-        return (*render(photo, score_thr, options), options, key)
-    photo = detect(photo.name, photo.stem, photo.image_rgb, photo.original_size, score_thr)
-    shown, key = render_and_keep(photo, score_thr, options, key, request)
-    return (*shown, options, key)
+    return (*render(photo, score_thr, options), options, key)
 
 
 def render_and_keep(
@@ -279,8 +291,7 @@ def segment_batch(payload: list | None, score_thr, margin, square, size, backgro
         except gr.Error as err:
             lines.append(f"- skipped: {err.message}")
             continue
-        photo = detect(name, stem, image_rgb, original_size, score_thr)
-        nails = photo.nails(score_thr)
+        nails = detect(name, stem, image_rgb, original_size).nails(score_thr)
         saved = outputs.save_photo(out / "nails" / stem, stem, image_rgb, nails, options, masks=True, photo=name)
         rows += [{**r, "crop": f"{stem}/{r['crop']}", "cutout": f"{stem}/{r['cutout']}"} for r in saved.crop_rows]
         results += outputs.photo_results(nails, image_id, name)
