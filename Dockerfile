@@ -31,9 +31,14 @@ RUN useradd -m -u 1000 user
 USER user
 WORKDIR /home/user/app
 ENV GRADIO_SERVER_NAME=0.0.0.0 GRADIO_SERVER_PORT=7860 PYTHON=python3.11
+# pip keeps every wheel it downloads or builds (mmcv's too) in ~/.cache/pip; in the image that
+# cache is dead weight in the setup layer: nothing installs there twice.
+ENV PIP_NO_CACHE_DIR=1
 # What setup.sh needs, before it runs: `pip install -e .` packages configs/ and checkpoints/ too.
+# Of scripts/ only what setup.sh reads, so that a change to another script (space_build.sh,
+# gpu_check.sh) does not throw away the cached setup layer and compile mmcv again.
 COPY --chown=user requirements.txt requirements-dev.txt pyproject.toml README.md ./
-COPY --chown=user scripts ./scripts
+COPY --chown=user scripts/setup.sh scripts/mmcv-cuda.env ./scripts/
 COPY --chown=user nailseg ./nailseg
 COPY --chown=user configs ./configs
 COPY --chown=user checkpoints ./checkpoints

@@ -1,39 +1,36 @@
-"""The Space's Dockerfile as scripts/space_rehearsal.sh reads it: what it copies, runs and serves,
-and the GPU variant's build settings. No Docker, no network; a few short subprocesses.
+"""The Space's Dockerfile as scripts/dockerfile.py reads it: what it copies, runs and serves, and the
+GPU variant's build settings. No Docker, no network. The real build, run and checks are
+scripts/space_build.sh's (by hand: it takes a quarter of an hour or more, docs/spaces.md).
 """
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
-REHEARSAL = REPO / "scripts" / "space_rehearsal.sh"
 MMCV_CUDA_ENV = REPO / "scripts" / "mmcv-cuda.env"
 # The GPUs Hugging Face Spaces offer, by CUDA compute capability.
 SPACE_GPUS = {"T4": "7.5", "A100": "8.0", "A10G": "8.6", "L4": "8.9", "L40S": "8.9", "H100": "9.0"}
-# This interpreter first on PATH: the script's `python3` then starts without a version manager's shim.
-ENV = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+
+_spec = importlib.util.spec_from_file_location("dockerfile", REPO / "scripts" / "dockerfile.py")
+dockerfile = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(dockerfile)
 
 
-def rehearsal(*args: str) -> list[str]:
-    out = subprocess.run([str(REHEARSAL), *args], capture_output=True, text=True, timeout=30, env=ENV)
-    assert out.returncode == 0, out.stderr
-    return out.stdout.splitlines()
-
-
-def parse(*args: str) -> list[tuple[str, ...]]:
-    return [tuple(line.split("\t")) for line in rehearsal("--print-steps", *args)]
+def parse(*args: str, file: Path = REPO / "Dockerfile") -> list[tuple[str, ...]]:
+    """The steps of the stage the build arguments pick (``"NAME=VALUE"`` each)."""
+    return dockerfile.steps(str(file), dict(a.split("=", 1) for a in args), {})
 
 
 @pytest.fixture(scope="module")
 def variants() -> dict[str, list[tuple[str, ...]]]:
-    return {"cpu": parse(), "cuda": parse("--arg", "NAILSEG_HARDWARE=cuda")}
+    return {"cpu": parse(), "cuda": parse("NAILSEG_HARDWARE=cuda")}
 
 
 def env_of(steps) -> dict[str, str]:
@@ -47,7 +44,7 @@ def after_user(steps) -> list[tuple[str, ...]]:
 
 @pytest.fixture(scope="module")
 def context() -> set[str]:
-    return set(rehearsal("--print-context"))
+    return set(dockerfile.context())
 
 
 @pytest.mark.parametrize("variant", ["cpu", "cuda"])
@@ -59,8 +56,32 @@ def test_every_copied_path_is_in_the_repo_and_the_build_context(variants, contex
         assert src == "." or src in context or any(f.startswith(src + "/") for f in context), f"{src} is dockerignored"
 
 
-# setup.sh ends with `pip install -e .`, which packages configs/ and checkpoints/ with nailseg.
-SETUP_NEEDS = ["requirements.txt", "pyproject.toml", "scripts", "nailseg", "configs", "checkpoints"]
+@pytest.mark.parametrize(
+    "made_here",
+    [
+        line.strip().strip("/").replace("*", "x")
+        for line in (REPO / ".gitignore").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    ],
+)
+def test_what_git_ignores_stays_out_of_the_image(made_here):
+    """Made locally (a venv, caches, runs, the GPU check's .gpu/): a Space's clone lacks it, and a
+    local build must not copy it either."""
+    assert dockerfile.ignored(made_here, dockerfile.ignore_rules())
+
+
+# setup.sh ends with `pip install -e .`, which packages configs/ and checkpoints/ with nailseg; its
+# stamp hashes requirements-dev.txt; the CUDA variant sources scripts/mmcv-cuda.env.
+SETUP_NEEDS = [
+    "requirements.txt",
+    "requirements-dev.txt",
+    "pyproject.toml",
+    "scripts/setup.sh",
+    "scripts/mmcv-cuda.env",
+    "nailseg",
+    "configs",
+    "checkpoints",
+]
 
 
 @pytest.mark.parametrize("needed", SETUP_NEEDS)
@@ -68,6 +89,13 @@ def test_setup_has_what_it_installs_before_it_runs(variants, needed):
     steps = variants["cpu"]
     setup = steps.index(("RUN", "scripts/setup.sh"))
     assert needed in [step[1] for step in steps[:setup] if step[0] == "COPY"]
+
+
+def test_setup_layer_depends_on_nothing_else(variants):
+    """What is copied before setup.sh decides when a Space compiles mmcv again: only what it reads."""
+    steps = variants["cpu"]
+    setup = steps.index(("RUN", "scripts/setup.sh"))
+    assert sorted(step[1] for step in steps[:setup] if step[0] == "COPY") == sorted(SETUP_NEEDS + ["README.md"])
 
 
 @pytest.mark.parametrize("variant", ["cpu", "cuda"])
@@ -89,7 +117,7 @@ def test_port_is_the_front_matter_app_port(variants):
 
 
 def test_cpu_is_the_default(variants):
-    assert parse("--arg", "NAILSEG_HARDWARE=cpu") == variants["cpu"]
+    assert parse("NAILSEG_HARDWARE=cpu") == variants["cpu"]
     env = env_of(variants["cpu"])
     assert variants["cpu"][0][1].startswith("python:3.11")
     assert env["NAILSEG_TORCH_INDEX"] == "https://download.pytorch.org/whl/cpu"
@@ -159,7 +187,7 @@ def sample(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def sample_steps(sample) -> list[tuple[str, ...]]:
-    return parse("--file", str(sample))
+    return parse(file=sample)
 
 
 @pytest.mark.parametrize(
@@ -182,4 +210,4 @@ def test_parser_reads_dockerfile_syntax(sample_steps, step):
 
 def test_parser_follows_the_stage_an_arg_picks(sample, sample_steps):
     assert ("ENV", "SIZE=big") not in sample_steps
-    assert ("ENV", "SIZE=big") in parse("--file", str(sample), "--arg", "FLAVOUR=big")
+    assert ("ENV", "SIZE=big") in parse("FLAVOUR=big", file=sample)
