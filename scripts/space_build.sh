@@ -15,6 +15,8 @@
 #                        (default /var/tmp/nailseg-space: outside the checkout, gigabytes)
 #   NAILSEG_SPACE_NICE   niceness of the build (default 10: the machine may be shared)
 #   NAILSEG_SPACE_MIRROR Debian mirror for the stand-in base (default http://deb.debian.org/debian)
+#   NAILSEG_SPACE_PIP_RETRIES  pip's retries per request in the build (default 1: the torch index
+#                        the Dockerfile names is not reachable here, and each retry waits)
 #   PIP_FIND_LINKS, PIP_CERT, PIP_DEFAULT_TIMEOUT   this machine's pip settings, handed to the build
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
@@ -147,6 +149,8 @@ build_mounts() {
     echo "[global]"
     if [[ -f $cert ]]; then echo "cert = /run/host-ca.crt"; mounts+=(--volume "$cert:/run/host-ca.crt:ro"); fi
     [[ -n ${PIP_DEFAULT_TIMEOUT:-} ]] && echo "timeout = $PIP_DEFAULT_TIMEOUT"
+    # The Dockerfile's torch index is not reachable from here: one retry, not five, per package.
+    echo "retries = ${NAILSEG_SPACE_PIP_RETRIES:-1}"
     for dir in ${PIP_FIND_LINKS:-}; do
       [[ -d $dir ]] || continue
       links+=("/run/host-links-$i"); mounts+=(--volume "$dir:/run/host-links-$i:ro"); i=$((i + 1))
