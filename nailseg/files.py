@@ -52,26 +52,50 @@ def safe_stem(name: str, max_len: int = 80) -> str:
     return stem[:max_len] or "photo"
 
 
-def unique_stems(names: list[str]) -> list[str]:
-    """Safe stems of ``names``, made unique by a ``-2``, ``-3``... suffix where two share one."""
-    seen: dict[str, int] = {}
-    stems = []
-    for name in names:
-        stem = safe_stem(str(name))
-        seen[stem] = seen.get(stem, 0) + 1
-        stems.append(stem if seen[stem] == 1 else f"{stem}-{seen[stem]}")
-    return stems
+_PLAIN = re.compile(r"[A-Za-z0-9][\w.+-]*")
+
+
+def output_stem(path: str, max_len: int = 80) -> str:
+    """The stem of a photo's output files, from the photo's path within its run alone.
+
+    ``path`` is relative (``/`` between folders): a folder's photo relative to the folder given, a
+    photo given on its own by its name. Each part is kept as it is, suffix included
+    (``a.jpg`` and ``a.png`` stay apart), and folders stay folders. A part that is not plain
+    (odd characters, a leading dot, over ``max_len``) is made so and gets ``~`` and 8 hex digits of
+    its own hash: no plain part has a ``~``, so two paths never give one stem, and adding photos to a
+    folder never changes another photo's stem.
+    """
+    import hashlib
+
+    parts = []
+    for part in path.replace("\\", "/").split("/"):
+        if part in ("", "."):
+            continue
+        if len(part) <= max_len and _PLAIN.fullmatch(part):
+            parts.append(part)
+            continue
+        digest = hashlib.sha1(part.encode("utf-8", "surrogateescape")).hexdigest()[:8]
+        parts.append(f"{_UNSAFE.sub('_', part).strip('._')[: max_len - 9] or 'photo'}~{digest}")
+    return "/".join(parts) or "photo"
 
 
 def unique_names(names: list[str]) -> list[str]:
     """``names``, each repeat with ``-2``, ``-3``... before its suffix: ``image.jpg, image.jpg`` ->
-    ``image.jpg, image-2.jpg`` (phones name every pasted photo ``image.jpg``)."""
-    seen: dict[str, int] = {}
+    ``image.jpg, image-2.jpg`` (phones name every pasted photo ``image.jpg``). A numbered name is
+    never one of ``names`` nor one given before: ``a.jpg, a.jpg, a-2.jpg`` -> ``a.jpg, a-3.jpg, a-2.jpg``."""
+    taken = set(names)
+    seen: set[str] = set()
     unique = []
     for name in names:
-        seen[name] = seen.get(name, 0) + 1
         stem, dot, suffix = name.rpartition(".") if "." in name.lstrip(".") else (name, "", "")
-        unique.append(name if seen[name] == 1 else f"{stem}-{seen[name]}{dot}{suffix}")
+        new, k = name, 1
+        while new in seen:
+            k += 1
+            new = f"{stem}-{k}{dot}{suffix}"
+            if new in taken:
+                new = name  # someone else's name: keep counting
+        seen.add(new)
+        unique.append(new)
     return unique
 
 

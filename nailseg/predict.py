@@ -1,9 +1,10 @@
 """A ``nailseg predict`` run: which photos, in which order, on how many processes, and the merge.
 
-* :func:`collect_images`: files as given; folders walked recursively for :data:`IMAGE_EXTENSIONS`.
-* Every photo gets its ``image_id`` (its place in that list, from 1) and its output stem once, from
-  the whole list (:func:`plan`), so a worker that segments a share of it writes what one process
-  would have written for those photos.
+* :func:`find_photos`: files as given; folders walked recursively for :data:`IMAGE_EXTENSIONS`.
+* Every photo gets its ``image_id`` (its place in that list, from 1) and its output stem, a
+  function of its path within the run alone (:func:`plan`): a worker that segments a share of the
+  list writes what one process would have written for those photos, two photos never share an
+  output file, and a photo added to a folder renames no other photo's outputs.
 * ``resume``: photos already in ``DIR/predictions.json`` (or in the shards of a stopped
   ``--nproc`` run) are not segmented again; their results and ``crops.csv`` rows are kept. A
   photo without nails leaves no result there, so it is segmented again.
@@ -30,7 +31,7 @@ from pathlib import Path
 
 from nailseg import distributed, outputs
 from nailseg.draw import CropOptions
-from nailseg.files import unique_stems
+from nailseg.files import output_stem
 from nailseg.images import IMAGE_EXTENSIONS, ImageError, exif_size
 
 SAVE_EVERY_S = 60.0
@@ -54,33 +55,54 @@ class Settings:
     options: CropOptions = CropOptions()
 
 
-def collect_images(inputs: Iterable[str | Path], exclude: str | Path | None = None) -> list[str]:
-    """The photos named by ``inputs``, as path strings, in order, each once.
+def find_photos(inputs: Iterable[str | Path], exclude: str | Path | None = None) -> dict[str, str]:
+    """The photos named by ``inputs``, in order, each once: their path strings, each with its path
+    within the run (what its output names come from, :func:`nailseg.files.output_stem`).
 
-    A file is taken as given, whatever its extension (an unreadable one is reported when read);
-    a folder gives its files with an :data:`IMAGE_EXTENSIONS` suffix (any case), recursively,
-    sorted by path, leaving out anything under ``exclude`` (the output folder).
-
+    A file is taken as given, whatever its extension (an unreadable one is reported when read), and
+    is named within the run by its file name; a folder gives its files with an
+    :data:`IMAGE_EXTENSIONS` suffix (any case), recursively, sorted by path, each named by its path
+    relative to the folder, leaving out anything under ``exclude`` (the output folder).
     """
-    names: list[str] = []
+    found: dict[str, str] = {}
     skip = Path(exclude).resolve() if exclude else None
     for item in inputs:
         folder = Path(item)
         if not folder.is_dir():
-            names.append(str(item))
+            found.setdefault(str(item), folder.name)
             continue
         for path in sorted(folder.rglob("*")):
             if path.suffix.lower() not in IMAGE_EXTENSIONS or not path.is_file():
                 continue
             if skip and path.resolve().is_relative_to(skip):
                 continue
-            names.append(str(path))
-    return list(dict.fromkeys(names))
+            found.setdefault(str(path), path.relative_to(folder).as_posix())
+    return found
 
 
-def plan(names: list[str]) -> list[Photo]:
-    """Image ids and unique output stems of a run's photos, from the whole list."""
-    return [Photo(i, name, stem) for i, (name, stem) in enumerate(zip(names, unique_stems(names)), start=1)]
+def plan(found: dict[str, str] | list[str]) -> list[Photo]:
+    """Image ids (places in the run, from 1) and output stems of a run's photos.
+
+    ``found``: :func:`find_photos`' paths with their paths within the run (a list: each path is its
+    own). A stem is a function of the photo's path within the run alone
+    (:func:`nailseg.files.output_stem`), so a photo keeps its stem when photos are added.
+
+    Raises:
+        ValueError: two photos of different inputs have one path within the run (``x/a.jpg`` and
+            ``y/a.jpg`` given as files): their outputs would overwrite each other.
+    """
+    within = found if isinstance(found, dict) else {name: name for name in found}
+    photos, owner = [], {}
+    for image_id, (name, rel) in enumerate(within.items(), start=1):
+        stem = output_stem(rel)
+        if stem in owner:
+            raise ValueError(
+                f"{owner[stem]} and {name} would write the same output files ({stem}_...): "
+                "give the folder that holds both, or segment them in separate runs"
+            )
+        owner[stem] = name
+        photos.append(Photo(image_id, name, stem))
+    return photos
 
 
 def label_names(names: list[str]) -> list[str]:
@@ -164,7 +186,7 @@ def run(
     """Segment the photos of ``inputs`` into ``out_dir`` on ``nproc`` processes.
 
     Args:
-        inputs: photos and folders (see :func:`collect_images`).
+        inputs: photos and folders (see :func:`find_photos`).
         resume: keep what an earlier run in ``out_dir`` segmented, do the rest.
         nproc: processes (one per GPU where there are GPUs); above 1 the workers are started with
             ``argv`` (the ``nailseg`` arguments, ``["predict", ...]``) plus ``--distributed``.
@@ -177,7 +199,7 @@ def run(
         ValueError: no photo found in ``inputs``.
     """
     out_dir = Path(out_dir)
-    photos = plan(collect_images(inputs, exclude=out_dir))
+    photos = plan(find_photos(inputs, exclude=out_dir))
     if not photos:
         raise ValueError("no photo found (folders are searched for " + ", ".join(sorted(IMAGE_EXTENSIONS)) + ")")
     kept = previous_results(out_dir, photos) if resume else {}
@@ -216,7 +238,7 @@ def run_worker(inputs: Iterable[str | Path], out_dir: Path, settings: Settings, 
     """
     out_dir = Path(out_dir)
     rank, world = distributed.rank(), distributed.world_size("pytorch")
-    photos = plan(collect_images(inputs, exclude=out_dir))
+    photos = plan(find_photos(inputs, exclude=out_dir))
     # Not the shards: those are this run's, being written by the other workers (the launching
     # process folded older ones into predictions.json), and every worker must see the same list.
     kept = previous_results(out_dir, photos, shards=False) if resume else {}

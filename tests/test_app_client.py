@@ -122,7 +122,7 @@ def test_batch_returns_one_zip(client):
     archive = zipfile.ZipFile(zip_path)
     names = archive.namelist()
     for photo in PHOTOS[:2]:
-        assert f"{photo.stem}/{photo.stem}_overlay.png" in names and photo.name in summary
+        assert f"{photo.name}/{photo.name}_overlay.png" in names and photo.name in summary
     predictions = json.loads(archive.read("predictions.json"))
     assert {p["image_id"] for p in predictions} == {1, 2}  # both photos have nails
     rows = list(csv.DictReader(io.StringIO(archive.read("crops.csv").decode())))

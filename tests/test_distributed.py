@@ -270,25 +270,51 @@ def test_stop_reaches_workers_in_their_own_sessions(tmp_path):
 # --- prediction: folders, resume, shards ------------------------------------------------------
 
 
-def test_collect_images_walks_folders(tmp_path):
-    from nailseg.predict import collect_images
+def test_find_photos_walks_folders(tmp_path):
+    from nailseg.predict import find_photos
 
     for name in ("b/2.jpg", "b/deep/3.PNG", "a/1.jpeg", "a/notes.txt", "a/x.webp", "out/old_overlay.png"):
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / name).write_bytes(b"")
     (tmp_path / "empty").mkdir()
     given = tmp_path / "a" / "notes.txt"  # named on the command line: taken as given
-    names = collect_images([tmp_path, given, tmp_path / "b", tmp_path / "missing.jpg"], exclude=tmp_path / "out")
-    rel = [str(Path(n).relative_to(tmp_path)) for n in names]
+    found = find_photos([tmp_path, given, tmp_path / "b", tmp_path / "missing.jpg"], exclude=tmp_path / "out")
+    rel = [str(Path(n).relative_to(tmp_path)) for n in found]
     assert rel == ["a/1.jpeg", "a/x.webp", "b/2.jpg", "b/deep/3.PNG", "a/notes.txt", "missing.jpg"]
-    assert collect_images([tmp_path / "empty"]) == []
+    # Within the run: relative to the folder given first; a file given on its own by its name.
+    assert list(found.values()) == ["a/1.jpeg", "a/x.webp", "b/2.jpg", "b/deep/3.PNG", "notes.txt", "missing.jpg"]
+    assert find_photos([tmp_path / "empty"]) == {}
 
 
-def test_plan_numbers_from_1_and_keeps_stems_apart():
+def test_plan_numbers_from_1_and_keeps_outputs_apart():
+    """Issue 22: ``a.jpg``, ``a.png`` and ``a-2.jpg`` once shared the stem ``a-2``."""
     from nailseg.predict import plan
 
-    photos = plan(["x/a.jpg", "y/a.jpg", "b.png"])
-    assert [(p.image_id, p.stem) for p in photos] == [(1, "a"), (2, "a-2"), (3, "b")]
+    photos = plan(["a.jpg", "a.png", "a-2.jpg", "x/a.jpg", "y/a.jpg", "a b.jpg", "a_b.jpg"])
+    assert [p.image_id for p in photos] == list(range(1, 8))
+    stems = [p.stem for p in photos]
+    assert stems[:5] == ["a.jpg", "a.png", "a-2.jpg", "x/a.jpg", "y/a.jpg"]
+    assert len(set(stems)) == 7 and "~" in stems[5] and stems[6] == "a_b.jpg"
+    with pytest.raises(ValueError, match="would write the same output files"):
+        plan({"x/a.jpg": "a.jpg", "y/a.jpg": "a.jpg"})  # two files of one name, given on their own
+
+
+def test_no_two_photos_share_an_output_file_and_adding_one_renames_nothing(tmp_path):
+    from nailseg.predict import find_photos, plan
+
+    for name in ("a.jpg", "a.png", "a-2.jpg", "x/hand.jpg", "y/hand.jpg", "x/y/hand.jpg"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_bytes(b"")
+    before = {p.name: p.stem for p in plan(find_photos([tmp_path]))}
+    assert len(set(before.values())) == 6
+    files = [f"{stem}_overlay.png" for stem in before.values()] + [f"crops/{s}_1_box.png" for s in before.values()]
+    assert len(set(files)) == 12
+    for name in ("a-3.jpg", "0.jpg", "x/a.jpg", "hand.jpg"):  # sorted before and after the others
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_bytes(b"")
+    after = {p.name: p.stem for p in plan(find_photos([tmp_path]))}
+    assert len(after) == 10 and len(set(after.values())) == 10
+    assert {name: after[name] for name in before} == before
 
 
 ONE_PIXEL = {"size": [1, 1], "counts": "01"}  # a 1x1 nail in pycocotools' RLE
@@ -383,9 +409,9 @@ def test_sharded_predict_equals_one_process(photo_tree, one_process, tmp_path):
     assert sorted(sharded) == sorted(one)  # the same pictures, no shard left behind
     assert sharded["predictions.json"] == one["predictions.json"]
     assert sharded["crops.csv"] == one["crops.csv"]
-    from nailseg.predict import collect_images, plan
+    from nailseg.predict import find_photos, plan
 
-    photos = plan(collect_images([photo_tree]))
+    photos = plan(find_photos([photo_tree]))
     results = json.loads(one["predictions.json"])
     # Every photo but the broken one has nails, under its place in the sorted walk.
     assert {(r["image_id"], r["file_name"]) for r in results} == {
@@ -398,10 +424,10 @@ def test_sharded_predict_equals_one_process(photo_tree, one_process, tmp_path):
 def test_resume_skips_what_was_done(photo_tree, one_process, tmp_path):
     """A run stopped after 3 photos (2 in predictions.json, 1 in a worker's shard) is finished by --resume."""
     from nailseg import outputs
-    from nailseg.predict import collect_images, plan
+    from nailseg.predict import find_photos, plan
 
     out = tmp_path / "out"
-    names = [p.name for p in plan(collect_images([photo_tree]))]
+    names = [p.name for p in plan(find_photos([photo_tree]))]
     results, rows = outputs.read_predictions(one_process), outputs.read_crops_csv(one_process)
     entries = [
         dict(

@@ -105,9 +105,9 @@ def test_predict_cli(photos, tmp_path):
     assert {Path(r["file_name"]).name for r in results} == {photos[0].name, photos[1].name}
     for photo in photos[:2]:
         n = sum(Path(r["file_name"]).name == photo.name for r in results)
-        assert (out / f"{photo.stem}_overlay.png").is_file()
-        assert len(list((out / "crops").glob(f"{photo.stem}_*_box.png"))) == n
-        assert len(list((out / "crops").glob(f"{photo.stem}_*_cutout.png"))) == n
+        assert (out / f"{photo.name}_overlay.png").is_file()
+        assert len(list((out / "crops").glob(f"{photo.name}_*_box.png"))) == n
+        assert len(list((out / "crops").glob(f"{photo.name}_*_cutout.png"))) == n
 
 
 def test_evaluate_cli_on_labelled_photos(tmp_path):

@@ -66,3 +66,23 @@ def test_every_nailseg_variable_is_in_the_readme_s_settings_table():
     documented = {name for row in rows for name in re.findall(r"`(NAILSEG_[A-Z0-9_]+)`", row.split(" | ")[0])}
     assert len(used) > 10
     assert used <= documented, sorted(used - documented)
+
+
+def test_the_readmes_python_example_runs_on_a_photo():
+    """The README's "In Python" block, as written, on a test photo: the public API is what it shows."""
+    block = re.search(r"## In Python\n\n```python\n(.*?)```", (REPO / "README.md").read_text(), re.S).group(1)
+    code = block.replace('"hand.jpg"', repr(str(PHOTOS[0])))
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    count = int(run.stdout.split()[0])
+    assert count > 0
+
+
+def test_import_nailseg_exports_its_api_without_loading_torch():
+    probe = (
+        "import sys, nailseg; print('torch' in sys.modules); "
+        "from nailseg import Nails, load_model; print(load_model.__module__, Nails.__module__)"
+    )
+    run = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert run.stdout.split() == ["False", "nailseg.inference", "nailseg.result"]

@@ -23,7 +23,7 @@ from PIL import Image
 from nailseg import access, draw, outputs
 from nailseg.convert import resize_mask
 from nailseg.dedup import MaskDedup, shown_nails
-from nailseg.files import safe_stem, unique_names, unique_stems, write_zip
+from nailseg.files import output_stem, safe_stem, unique_names, write_zip
 from nailseg.images import ImageError, exif_size, load_image_rgb
 from nailseg.inference import MAX_INFERENCE_SIDE
 from nailseg.result import Nails
@@ -284,7 +284,8 @@ def segment_batch(payload: list | None, score_thr, margin, square, size, backgro
     out = scratch_dir()
     results, rows, lines, labelled = [], [], [], []
     names = [u.name for u in uploads]
-    photos = zip(uploads, names, unique_stems(names), unique_names(names))
+    label_names = unique_names(names)
+    photos = zip(uploads, names, [output_stem(n) for n in label_names], label_names)
     for image_id, (upload, name, stem, label_name) in enumerate(photos, start=1):
         try:
             image_rgb, original_size = read_photo(upload)
