@@ -449,3 +449,32 @@ def test_resume_skips_what_was_done(photo_tree, one_process, tmp_path):
     assert (out / "predictions.json").read_bytes() == (one_process / "predictions.json").read_bytes()
     assert (out / "crops.csv").read_bytes() == (one_process / "crops.csv").read_bytes()
     assert not (out / outputs.SHARDS).exists()
+
+
+def test_resume_after_adding_photos_keeps_every_earlier_output(tmp_path):
+    """Issue 22: photos added to the folder, one sorted before the first and of the same stem
+    (``a.jpg`` beside ``a.png``: once ``a`` took ``a.png``'s stem and overwrote its files), change no
+    earlier photo's files, and every ``crops.csv`` row names files of its own."""
+    import csv
+    import shutil
+
+    from support import PHOTOS
+
+    photos, out = tmp_path / "photos", tmp_path / "out"
+    photos.mkdir()
+    shutil.copy(PHOTOS[0], photos / "a.png")
+    assert _predict(str(photos), "--out", str(out)).returncode == 0
+    before = _files(out)
+    first_rows = list(csv.DictReader((out / "crops.csv").open()))
+    shutil.copy(PHOTOS[1], photos / "a.jpg")
+    shutil.copy(PHOTOS[2], photos / "0.jpg")
+    run = _predict(str(photos), "--out", str(out), "--resume")
+    assert run.returncode == 0, run.stderr[-3000:]
+    after = _files(out)
+    rows = list(csv.DictReader((out / "crops.csv").open()))
+    assert {row["photo"] for row in rows} == {str(photos / n) for n in ("a.png", "a.jpg", "0.jpg")}
+    assert first_rows and [r for r in rows if r["photo"] == str(photos / "a.png")] == first_rows
+    for row in first_rows:  # a.png's crops are still a.png's
+        assert after[row["crop"]] == before[row["crop"]] and after[row["cutout"]] == before[row["cutout"]]
+    assert all(row["crop"] in after and row["cutout"] in after for row in rows)
+    assert len({row["crop"] for row in rows}) == len(rows)
