@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import io
 import math
+import os
+import tempfile
 import warnings
 from pathlib import Path
 
@@ -19,6 +21,24 @@ from nailseg.paths import DEFAULT_CONFIG
 from nailseg.precision import choose_precision, register_optim_wrapper
 
 MAX_LR = 1.0  # the configs here train at 0.02 (SGD); above 1 any of them diverges
+# A Unix socket's path holds at most 107 bytes. DataLoader workers hand batches over sockets that
+# multiprocessing makes in the temp folder (``pymp-XXXXXXXX/listener-XXXXXXXX``, 34 bytes more): under
+# a longer temp folder they fail with "AF_UNIX path too long" and the run waits for them forever.
+MAX_TEMP_DIR = 70
+
+
+def use_short_temp_dir() -> str:
+    """Point this process's temp folder, and its children's, at a short one when it is too long
+    for a socket's path (:data:`MAX_TEMP_DIR`). Returns the temp folder in use."""
+    current = tempfile.gettempdir()
+    if len(os.fsencode(current)) <= MAX_TEMP_DIR:
+        return current
+    for candidate in ("/tmp", "/var/tmp", "/dev/shm"):
+        if os.path.isdir(candidate) and os.access(candidate, os.W_OK | os.X_OK):
+            tempfile.tempdir = os.environ["TMPDIR"] = candidate
+            return candidate
+    warnings.warn(f"the temp folder {current} is too long for sockets: data loading may fail", stacklevel=2)
+    return current
 
 
 def _count_images(ann_file: Path) -> tuple[int, int, str]:
@@ -227,6 +247,7 @@ def train(cfg, resume: bool = False) -> Path:
     from nailseg.weights import allow_mmengine_checkpoints, check_resumable
 
     register_optim_wrapper()  # CpuBf16OptimWrapper, for --precision bf16
+    use_short_temp_dir()  # before any DataLoader worker starts
 
     # mmengine resumes from the checkpoint its ``last_checkpoint`` file names; with none saved yet
     # (a run stopped before its first checkpoint) there is nothing to resume: start as asked,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -10,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from support import DATA as ROBOFLOW
+from support import REPO
 
 from nailseg.datasets import convert_dataset, save_report
 from nailseg.paths import CONFIG_DIR, DEFAULT_CONFIG
@@ -317,3 +319,26 @@ def test_minutes_stop_with_a_checkpoint_and_resume_the_clock(tiny, tmp_path):
     again = subprocess.run([*cmd, "--resume"], capture_output=True, text=True, timeout=600)
     assert again.returncode == 0, again.stderr[-3000:]
     assert Path((work / "last_checkpoint").read_text().strip()) != last
+
+
+def test_a_long_temp_folder_is_swapped_for_a_short_one_before_data_loading(tmp_path):
+    """Under a temp folder over 70 bytes, multiprocessing's sockets (what DataLoader workers hand
+    batches over) cannot be made; training then hung. ``use_short_temp_dir`` runs first in ``train``."""
+    long_dir = tmp_path / ("t" * 80)
+    long_dir.mkdir()
+    probe = (
+        "import multiprocessing.connection as c, sys\n"
+        "if sys.argv[1] == 'fix':\n"
+        "    from nailseg.train import use_short_temp_dir; print(use_short_temp_dir())\n"
+        "try:\n"
+        "    c.Listener(family='AF_UNIX').close(); print('socket ok')\n"
+        "except OSError as err:\n"
+        "    print('socket failed:', err)\n"
+    )
+    env = {**os.environ, "TMPDIR": str(long_dir)}
+    runs = {
+        how: subprocess.run([sys.executable, "-c", probe, how], capture_output=True, text=True, env=env, cwd=REPO)
+        for how in ("as-is", "fix")
+    }
+    assert "socket failed" in runs["as-is"].stdout and "too long" in runs["as-is"].stdout
+    assert runs["fix"].stdout.splitlines() == ["/tmp", "socket ok"], runs["fix"].stderr
