@@ -30,6 +30,7 @@ from pycocotools.coco import COCO
 from scipy.optimize import linear_sum_assignment
 
 from nailseg.datasets import load_yolo_polygons
+from nailseg.dedup import mask_iou
 from nailseg.images import exif_size
 
 BENCH = Path(__file__).resolve().parent
@@ -89,10 +90,7 @@ def match(truth: np.ndarray, predicted: list[np.ndarray]) -> np.ndarray:
     hit = np.zeros(len(truth), bool)
     if not len(truth) or not predicted:
         return hit
-    t = truth.reshape(len(truth), -1).astype(np.float32)
-    p = np.stack(predicted).reshape(len(predicted), -1).astype(np.float32)
-    inter = t @ p.T
-    iou = inter / (t.sum(1)[:, None] + p.sum(1)[None, :] - inter)
+    iou = mask_iou(truth, np.stack(predicted))
     rows, cols = linear_sum_assignment(-iou)
     hit[rows[iou[rows, cols] >= IOU]] = True
     return hit

@@ -40,7 +40,7 @@ import numpy as np
 
 from nailseg.convert import DEFAULT_MIN_AREA, binarize_mask, mask_to_instances
 from nailseg.datasets import discover, load_coco, load_mask
-from nailseg.dedup import MaskDedup, shown_nails
+from nailseg.dedup import MaskDedup, mask_iou, shown_nails
 from nailseg.evaluate import (
     SWEEP,
     Tally,
@@ -84,8 +84,8 @@ class SemanticTally:
 
 
 def _iou(a: np.ndarray, b: np.ndarray) -> float:
-    either = np.count_nonzero(a | b)
-    return np.count_nonzero(a & b) / either if either else 1.0
+    """IoU of two masks; 1 where both are empty (no nail, none shown: right)."""
+    return float(mask_iou(a[None], b[None])[0, 0]) if (a.any() or b.any()) else 1.0
 
 
 def run_coco(segmenter, dedup: MaskDedup, ann_file: Path, img_dir: Path, thresholds: list[float], limit: int | None):

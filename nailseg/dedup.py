@@ -85,16 +85,28 @@ def mask_overlaps(boxes_xyxy: np.ndarray, masks: np.ndarray) -> tuple[np.ndarray
     return inter, areas
 
 
+def overlap_iou(inter: np.ndarray, areas_a: np.ndarray, areas_b: np.ndarray) -> np.ndarray:
+    """``(N, M)`` IoU from pixel counts: ``inter`` ``(N, M)`` in both, ``areas_a`` ``(N,)`` and
+    ``areas_b`` ``(M,)`` in each; 0 where both masks are empty. The one IoU of masks in NailSeg."""
+    union = areas_a[:, None] + areas_b[None, :] - inter
+    return np.where(union > 0, inter / np.maximum(union, 1), 0).astype(np.float32)
+
+
+def mask_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """``(N, M) float32`` IoU between ``(N, H, W)`` and ``(M, H, W)`` bool masks (0 where both are empty)."""
+    a2, b2 = a.reshape(len(a), -1).astype(np.float32), b.reshape(len(b), -1).astype(np.float32)
+    return overlap_iou(a2 @ b2.T, a2.sum(1), b2.sum(1))
+
+
 def duplicate_matrix(inter: np.ndarray, areas: np.ndarray, iou_thr: float, cover_thr: float) -> np.ndarray:
     """``(N, N) bool``: pairs whose mask IoU >= ``iou_thr`` or whose smaller mask is covered >= ``cover_thr``.
 
     Args:
         inter, areas: from :func:`mask_overlaps`. The diagonal is False; empty masks duplicate nothing.
     """
-    union = areas[:, None] + areas[None, :] - inter
     smaller = np.minimum(areas[:, None], areas[None, :])
+    iou = overlap_iou(inter, areas, areas)
     with np.errstate(divide="ignore", invalid="ignore"):
-        iou = np.where(union > 0, inter / np.maximum(union, 1), 0.0)
         cover = np.where(smaller > 0, inter / np.maximum(smaller, 1), 0.0)
     dup = (iou >= iou_thr) | (cover >= cover_thr)
     np.fill_diagonal(dup, False)

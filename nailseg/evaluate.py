@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from nailseg.dedup import duplicate_matrix, mask_overlaps, shown_nails
+from nailseg.dedup import duplicate_matrix, mask_iou, mask_overlaps, shown_nails
 from nailseg.images import load_image_rgb
 from nailseg.result import Nails
 
@@ -221,15 +221,6 @@ def coco_nails(coco: dict, image: dict) -> Nails:
     masks = [segmentation_to_mask(ann["segmentation"], height, width) for ann in anns]
     boxes = np.array([[x, y, x + w, y + h] for x, y, w, h in (a["bbox"] for a in anns)], np.float32)
     return Nails(boxes, np.stack(masks), np.ones(len(anns), np.float32)).in_reading_order()
-
-
-def mask_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """``(N, M) float32`` IoU between ``(N, H, W)`` and ``(M, H, W)`` bool masks (0 where both are empty)."""
-    pixels = a.shape[1] * a.shape[2]
-    a2, b2 = a.reshape(len(a), pixels).astype(np.float32), b.reshape(len(b), pixels).astype(np.float32)
-    inter = a2 @ b2.T
-    union = a2.sum(1)[:, None] + b2.sum(1)[None, :] - inter
-    return np.where(union > 0, inter / np.maximum(union, 1), 0).astype(np.float32)
 
 
 def match_masks(predicted: np.ndarray, truth: np.ndarray, iou_thr: float = 0.5) -> np.ndarray:

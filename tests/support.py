@@ -7,7 +7,6 @@ import importlib.util
 import io
 import json
 import os
-import socket
 import struct
 import subprocess
 import sys
@@ -101,9 +100,8 @@ def folder_zip(folder: Path, path: Path) -> Path:
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A loopback port free now: ``bench/app.py``'s (one implementation for the tests and the benchmark)."""
+    return load_bench("app").free_port()
 
 
 class AppProcess:

@@ -12,15 +12,9 @@ from PIL import Image
 from support import DATA as TINY_DATA
 from support import label_masks, load_bench
 
+from nailseg.dedup import mask_iou
 from nailseg.images import load_image_rgb
 from nailseg.weights import load_state_dict, resolve_weights
-
-
-def mask_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """``(N, M)`` IoU between ``(N, H, W)`` and ``(M, H, W)`` bool masks."""
-    a2, b2 = a.reshape(len(a), -1).astype(np.float32), b.reshape(len(b), -1).astype(np.float32)
-    inter = a2 @ b2.T
-    return inter / (a2.sum(1)[:, None] + b2.sum(1)[None, :] - inter + 1e-9)
 
 
 def test_bundled_weights_load_without_unpickling():

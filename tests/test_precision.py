@@ -11,6 +11,7 @@ import torch
 from support import BUNDLED_WEIGHTS
 
 from nailseg import precision
+from nailseg.dedup import mask_iou
 from nailseg.images import load_image_rgb
 from nailseg.inference import load_model
 
@@ -64,7 +65,7 @@ def _reference_model(weights):
 
 
 def _matched_iou(a, b) -> list[float]:
-    return [float((m & n).sum() / max((m | n).sum(), 1)) for m, n in zip(a.masks, b.masks)]
+    return [float(mask_iou(m[None], n[None])[0, 0]) for m, n in zip(a.masks, b.masks)]
 
 
 def test_fp32_gives_todays_nails(photos, monkeypatch):
