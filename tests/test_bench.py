@@ -38,7 +38,7 @@ def test_user_view_semantic_tally_locates_the_wrong_pixels():
     shifted = np.roll(truth, 1, axis=1)
     tally = user_view.SemanticTally()
     tally.add(Nails(np.array([[11, 10, 21, 20]], np.float32), shifted[None], np.ones(1, np.float32)), truth, 1)
-    assert tally.iou_sum == 90 / 110 and tally.exact == 1
+    assert tally.iou_sum == pytest.approx(90 / 110) and tally.exact == 1
     assert tally.predicted_px == tally.true_px == 100
     assert tally.edge_fixed_iou_sum == 1.0
     far = np.zeros_like(truth)
