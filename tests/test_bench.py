@@ -3,6 +3,7 @@ nothing), and what they count is counted right."""
 
 from __future__ import annotations
 
+import pytest
 from support import PHOTOS, load_bench
 
 from nailseg.images import load_image_rgb
