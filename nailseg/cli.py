@@ -225,13 +225,10 @@ def _export(args: argparse.Namespace) -> int:
     size = out.stat().st_size / 2**20
     print(f"wrote {out} ({size:.1f} MiB) and {out.with_suffix('.json')}")
     if args.choose_thr:
-        from nailseg.evaluate import evaluate_dataset
-        from nailseg.inference import load_model
-        from nailseg.weights import record_score_thr
+        from nailseg.evaluate import record_chosen_score_thr
 
-        evaluation = evaluate_dataset(load_model(out), gt, img_dir, progress=sys.stderr.isatty())
+        evaluation = record_chosen_score_thr(out, gt, img_dir, progress=sys.stderr.isatty())
         best, tally = evaluation.chosen, evaluation.tallies[evaluation.chosen]
-        record_score_thr(out, best)
         print(
             f"default score threshold {best}: best F1 on {tally.photos} photos of {args.choose_thr.name} "
             f"(F1 {tally.f1:.3f}, exact count {tally.exact_share:.1%})"
@@ -242,8 +239,9 @@ def _export(args: argparse.Namespace) -> int:
 
 
 def _push(args: argparse.Namespace) -> int:
-    from nailseg.hub import HubRefused, push_model
+    from nailseg.hub import HubRefused
     from nailseg.paths import BUNDLED_WEIGHTS
+    from nailseg.publish import push_model
 
     try:
         result = push_model(args.repo_id, args.weights or BUNDLED_WEIGHTS, token=args.token, private=args.private)

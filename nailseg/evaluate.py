@@ -164,11 +164,21 @@ def threshold_ground_truth(ann_file: str | Path, img_dir: str | Path | None = No
     return {**gt, "images": gt["images"][:limit]}, Path(img_dir)
 
 
-def choose_score_thr(segmenter, ann_file: str | Path, img_dir: str | Path | None = None, limit: int | None = None):
-    """The threshold a user of ``segmenter`` should get: best F1 over :data:`SWEEP` on a COCO
-    ground truth (e.g. the ``valid.json`` the model was validated on); arguments as
-    :func:`threshold_ground_truth`. Returns the :class:`Evaluation`; its ``chosen`` is the threshold."""
-    return evaluate_dataset(segmenter, *threshold_ground_truth(ann_file, img_dir, limit))
+def record_chosen_score_thr(weights: str | Path, gt: dict, img_dir: str | Path, progress: bool = False) -> Evaluation:
+    """Make the threshold a user of ``weights`` should get their default: best F1 over
+    :data:`SWEEP` on a ground truth (:func:`threshold_ground_truth`, e.g. the ``valid.json`` the
+    model was validated on), recorded in the weights' config (:func:`nailseg.weights.record_score_thr`).
+    What ``nailseg export --choose-thr`` and the Train tab's export both run.
+
+    Returns:
+        The :class:`Evaluation`; its ``chosen`` is the threshold recorded.
+    """
+    from nailseg.inference import load_model
+    from nailseg.weights import record_score_thr
+
+    evaluation = evaluate_dataset(load_model(weights), gt, img_dir, progress=progress)
+    record_score_thr(weights, evaluation.chosen)
+    return evaluation
 
 
 def coco_results(nails: Nails, image_id: int, category_id: int) -> list[dict]:

@@ -7,7 +7,6 @@ downstream sees ``Nails``. It never draws (see :mod:`nailseg.draw`).
 from __future__ import annotations
 
 import copy
-import json
 import threading
 import time
 from collections.abc import Callable
@@ -22,12 +21,16 @@ from nailseg.dedup import MaskDedup, shown_nails
 from nailseg.images import fit_within
 from nailseg.precision import channels_last, choose_precision, use_bf16
 from nailseg.result import Nails
-from nailseg.weights import ResolvedWeights, WeightsError, load_model_config, load_state_dict, resolve_weights
+from nailseg.weights import (
+    FALLBACK_SCORE_THR,
+    ModelSettings,
+    ResolvedWeights,
+    WeightsError,
+    load_model_config,
+    load_state_dict,
+    resolve_weights,
+)
 
-# A model's default score threshold is its own: ``test_cfg.rcnn.default_score_thr`` in its config,
-# chosen by F1 on its validation split (the bundled model's: 0.9, checkpoints/README.md) and
-# recorded by ``nailseg export --score-thr``. Weights whose config states none get this.
-FALLBACK_SCORE_THR = 0.5
 # The model sees photos at ~432 px; a 50 MP photo is shrunk to this long side before inference
 # and its masks are scaled back, which keeps memory flat without changing what the model sees.
 MAX_INFERENCE_SIDE = 1600
@@ -43,7 +46,7 @@ class NailSegmenter:
     device: str
     load_seconds: float
     dedup: MaskDedup | None = MaskDedup()  # None: every detection, duplicates too
-    score_thr: float = FALLBACK_SCORE_THR  # the model's default threshold (see default_score_thr)
+    score_thr: float = FALLBACK_SCORE_THR  # the model's default threshold (nailseg.weights.ModelSettings)
     precision: str = "fp32"  # "bf16": conv-heavy parts under CPU autocast (nailseg.precision)
 
     def __post_init__(self) -> None:
@@ -158,8 +161,7 @@ def load_model(
         model = MODELS.build(copy.deepcopy(cfg.model))
         model.load_state_dict(load_state_dict(resolved.weights), strict=True)
         pipeline = Compose(_inference_pipeline(cfg.test_pipeline))
-        dedup = dedup_settings(cfg.model)
-        score_thr = default_score_thr(cfg.model)
+        settings = ModelSettings.of(cfg.model)
     except (TypeError, KeyError, ValueError, RuntimeError, AssertionError) as err:
         if isinstance(err, WeightsError):
             raise
@@ -176,42 +178,7 @@ def load_model(
         channels_last(model)
     model.dataset_meta = {"classes": ("nail",)}
     seconds = time.perf_counter() - start
-    return NailSegmenter(model, pipeline, resolved, device, seconds, dedup, score_thr, precision)
-
-
-def dedup_settings(model_cfg: dict) -> MaskDedup | None:
-    """The model config's ``test_cfg.rcnn.mask_dedup`` (mmdet ignores the key): absent -> the
-    defaults, ``None`` -> every detection is reported, duplicates too."""
-    settings = ((model_cfg.get("test_cfg") or {}).get("rcnn") or {}).get("mask_dedup", {})
-    return None if settings is None else MaskDedup(**settings)
-
-
-def stated_score_thr(model_cfg: dict) -> float | None:
-    """The model config's ``test_cfg.rcnn.default_score_thr`` (the threshold users get unless they
-    choose one; mmdet ignores the key), None when it states none.
-
-    Raises:
-        WeightsError: the config states a threshold outside ``(0, 1]``.
-    """
-    value = ((model_cfg.get("test_cfg") or {}).get("rcnn") or {}).get("default_score_thr")
-    if value is not None and (isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value <= 1):
-        raise WeightsError(f"config: default_score_thr must be a number in (0, 1], got {str(value)[:40]!r}")
-    return None if value is None else float(value)
-
-
-def default_score_thr(model_cfg: dict) -> float:
-    """The threshold the model config states (:func:`stated_score_thr`), else :data:`FALLBACK_SCORE_THR`."""
-    stated = stated_score_thr(model_cfg)
-    return FALLBACK_SCORE_THR if stated is None else stated
-
-
-def read_score_thr(config: str | Path) -> float | None:
-    """The threshold a ``.json`` config file states, read without building the model; None when it
-    states none or cannot be read (loading the model is what reports a broken config)."""
-    try:
-        return stated_score_thr(json.loads(Path(config).read_text())["model"])
-    except (OSError, ValueError, KeyError, TypeError, AttributeError, WeightsError):
-        return None
+    return NailSegmenter(model, pipeline, resolved, device, seconds, settings.dedup, settings.score_thr, precision)
 
 
 def _inference_pipeline(test_pipeline: list[dict]) -> list[dict]:

@@ -33,7 +33,14 @@ from typing import NamedTuple
 
 import gradio as gr
 
-from nailseg.weights import BUNDLED_WEIGHTS, ENV_VAR, HubUnreachable, WeightsError
+from nailseg.weights import (
+    BUNDLED_WEIGHTS,
+    FALLBACK_SCORE_THR,
+    HubUnreachable,
+    ModelSettings,
+    WeightsError,
+    weights_spec,
+)
 
 _SCRATCH_PREFIX = "nailseg-app-"
 SCRATCH_KEEP_S = 60.0  # Gradio copies an answer's files into its cache as soon as the handler returns
@@ -193,13 +200,15 @@ class ModelStore:
         weights' ``.json`` config; weights on the Hub, or a config that cannot be read, give the
         fallback until the model is loaded (loading then reports any error).
         """
-        from nailseg.inference import FALLBACK_SCORE_THR, read_score_thr
-
         if self._model is not None:
             return self._model.score_thr
-        spec = str(self._spec or os.environ.get(ENV_VAR) or BUNDLED_WEIGHTS)
-        stated = None if spec.startswith("hf://") else read_score_thr(Path(spec).with_suffix(".json"))
-        return FALLBACK_SCORE_THR if stated is None else stated
+        spec = weights_spec(self._spec)
+        if spec.startswith("hf://"):
+            return FALLBACK_SCORE_THR
+        try:
+            return ModelSettings.read(Path(spec).with_suffix(".json")).score_thr
+        except WeightsError:
+            return FALLBACK_SCORE_THR
 
     def status(self) -> str:
         """Markdown: the weights in use, or that they are still loading."""

@@ -20,12 +20,22 @@ import json
 import math
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
+from nailseg.errors import HubUnreachable, WeightsError
 from nailseg.paths import BUNDLED_WEIGHTS
 
-__all__ = ["BUNDLED_WEIGHTS", "HubUnreachable", "WeightsError", "resolve_weights", "load_model_config"]
+__all__ = [
+    "BUNDLED_WEIGHTS",
+    "FALLBACK_SCORE_THR",
+    "HubUnreachable",
+    "ModelSettings",
+    "WeightsError",
+    "load_model_config",
+    "resolve_weights",
+]
 
 ENV_VAR = "NAILSEG_WEIGHTS"
 MAX_CONFIG_BYTES = 1024**2
@@ -67,12 +77,75 @@ _HUB_SPEC = re.compile(
 )
 
 
-class WeightsError(RuntimeError):
-    """Weights that cannot be found or loaded; the message says which and why."""
+# A model's default score threshold is its own: ``test_cfg.rcnn.default_score_thr`` in its config,
+# chosen by F1 on its validation split (checkpoints/README.md) and recorded by ``nailseg export
+# --score-thr`` or ``--choose-thr``. Weights whose config states none get this.
+FALLBACK_SCORE_THR = 0.5
 
 
-class HubUnreachable(WeightsError):
-    """The Hub could not be contacted (offline); callers may fall back to the bundled model."""
+def checked_score_thr(value, what: str = "the default score threshold") -> float:
+    """``value`` as a float if it is a number in ``(0, 1]``; else a WeightsError naming ``what``."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value <= 1:
+        raise WeightsError(f"{what} must be a number in (0, 1], got {str(value)[:40]}")
+    return float(value)
+
+
+@dataclass(frozen=True)
+class ModelSettings:
+    """NailSeg's own settings of a model, kept in its config under ``model.test_cfg.rcnn`` (keys
+    mmdet ignores). :meth:`of` is the one reader of them.
+
+    Attributes:
+        stated_score_thr: ``default_score_thr``, the threshold users get unless they choose one;
+            None when the config states none (:attr:`score_thr` is then the fallback).
+        mask_dedup: ``mask_dedup``, the fields of :class:`nailseg.dedup.MaskDedup`; absent: its
+            defaults (``{}``); ``None``: every detection is reported, duplicates too.
+    """
+
+    stated_score_thr: float | None = None
+    mask_dedup: dict | None = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, model_cfg) -> ModelSettings:
+        """The settings of a model config (a dict or mmengine's ``ConfigDict``).
+
+        Raises:
+            WeightsError: a threshold outside ``(0, 1]``, suppression settings that are not MaskDedup's.
+        """
+        rcnn = (model_cfg.get("test_cfg") or {}).get("rcnn") or {}
+        value = rcnn.get("default_score_thr")
+        stated = None if value is None else checked_score_thr(value, "config: default_score_thr")
+        dedup = rcnn.get("mask_dedup", {})
+        settings = cls(stated, None if dedup is None else dict(dedup))
+        try:
+            settings.dedup  # noqa: B018 - checked now, not at the first photo
+        except TypeError as err:
+            raise WeightsError(f"config: mask_dedup: {err}") from None
+        return settings
+
+    @classmethod
+    def read(cls, config: str | Path) -> ModelSettings:
+        """The settings a ``.json`` config file states, read as data without building the model.
+
+        Raises:
+            WeightsError: the file cannot be read, or states settings out of range.
+        """
+        model = read_config_data(config).get("model")
+        if not isinstance(model, dict):
+            raise WeightsError(f"{Path(config).name}: no model in it")
+        return cls.of(model)
+
+    @property
+    def score_thr(self) -> float:
+        """The threshold stated, else :data:`FALLBACK_SCORE_THR`."""
+        return FALLBACK_SCORE_THR if self.stated_score_thr is None else self.stated_score_thr
+
+    @property
+    def dedup(self):
+        """A :class:`nailseg.dedup.MaskDedup` of the settings, or None (suppression off)."""
+        from nailseg.dedup import MaskDedup
+
+        return None if self.mask_dedup is None else MaskDedup(**self.mask_dedup)
 
 
 @dataclass(frozen=True)
@@ -82,6 +155,18 @@ class ResolvedWeights:
     weights: Path
     config: Path
     source: str
+
+    @cached_property
+    def settings(self) -> ModelSettings:
+        """The model's :class:`ModelSettings`, read from its config once (a ``.py`` config only
+        when :func:`resolve_weights` accepted it).
+
+        Raises:
+            WeightsError: the config cannot be read or states settings out of range.
+        """
+        if self.config.suffix == ".py":
+            return ModelSettings.of(load_model_config(self.config).model)
+        return ModelSettings.read(self.config)
 
 
 @dataclass(frozen=True)
@@ -103,6 +188,11 @@ def parse_hub_spec(spec: str) -> HubSpec:
     return HubSpec(f"{m['owner']}/{m['repo']}", m["file"], m["rev"])
 
 
+def weights_spec(spec: str | os.PathLike | None = None) -> str:
+    """The spec in use: ``spec`` when given, else ``$NAILSEG_WEIGHTS``, else the bundled model."""
+    return str(spec or os.environ.get(ENV_VAR) or BUNDLED_WEIGHTS)
+
+
 def resolve_weights(spec: str | os.PathLike | None = None, allow_py_config: bool = False) -> ResolvedWeights:
     """Find (downloading from the Hub if needed) the weights and config a spec names.
 
@@ -116,7 +206,7 @@ def resolve_weights(spec: str | os.PathLike | None = None, allow_py_config: bool
         WeightsError: a missing file, a file missing from the Hub repo, no config beside it.
     """
     from_env = not spec and bool(os.environ.get(ENV_VAR))
-    spec = str(spec or os.environ.get(ENV_VAR) or BUNDLED_WEIGHTS)
+    spec = weights_spec(spec)
     if spec.startswith("hf://"):
         from nailseg.hub import download
 
@@ -417,7 +507,7 @@ def export_weights(checkpoint: str | Path, out: str | Path, half: bool = True, s
     checkpoint = Path(checkpoint)
     out, config = _export_paths(checkpoint, Path(out))
     if score_thr is not None:
-        _checked_score_thr(score_thr)  # refuse a bad value before reading anything
+        checked_score_thr(score_thr)  # refuse a bad value before reading anything
     ckpt = load_checkpoint(checkpoint)
     meta = ckpt.get("meta") if isinstance(ckpt.get("meta"), dict) else {}
     data = _portable_config(read_dumped_config(meta.get("cfg"), checkpoint.name))
@@ -439,15 +529,9 @@ def export_weights(checkpoint: str | Path, out: str | Path, half: bool = True, s
     return out
 
 
-def _checked_score_thr(score_thr: float) -> float:
-    if isinstance(score_thr, bool) or not isinstance(score_thr, int | float) or not 0 < score_thr <= 1:
-        raise WeightsError(f"the default score threshold must be in (0, 1], got {score_thr}")
-    return float(score_thr)
-
-
 def _set_score_thr(data: dict, score_thr: float) -> None:
     test_cfg = data["model"].setdefault("test_cfg", {})
-    test_cfg.setdefault("rcnn", {})["default_score_thr"] = _checked_score_thr(score_thr)
+    test_cfg.setdefault("rcnn", {})["default_score_thr"] = checked_score_thr(score_thr)
 
 
 def record_score_thr(weights: str | Path, score_thr: float) -> Path:

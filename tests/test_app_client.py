@@ -48,13 +48,12 @@ def segment(client, path: Path, score: float = 0.5):
 
 
 def test_segment_api_takes_exactly_image_and_threshold(client):
-    from nailseg.inference import default_score_thr
-    from nailseg.weights import load_model_config, resolve_weights
+    from nailseg.weights import resolve_weights
 
     params = client.view_api(print_info=False, return_format="dict")["named_endpoints"]["/segment"]["parameters"]
     assert [p["component"] for p in params] == ["Image", "Slider"]
     # The threshold's default is the model's own (its config's), not one the app picks.
-    model_thr = default_score_thr(load_model_config(resolve_weights(weights_spec()).config).model)
+    model_thr = resolve_weights(weights_spec()).settings.score_thr
     assert params[1]["parameter_default"] == model_thr
 
 

@@ -10,7 +10,7 @@ from mmengine.config import Config
 from nailseg.dedup import MaskDedup, mask_overlaps, shown_nails, suppress_duplicates
 from nailseg.evaluate import duplicate_pairs
 from nailseg.images import load_image_rgb
-from nailseg.inference import dedup_settings
+from nailseg.weights import ModelSettings
 
 SIZE = (60, 100)  # (H, W) of the drawn photos
 
@@ -106,12 +106,12 @@ def test_malformed_input_is_refused():
     ],
 )
 def test_dedup_settings_from_config(rcnn, expected):
-    assert dedup_settings(Config({"test_cfg": {"rcnn": rcnn}})) == expected
+    assert ModelSettings.of(Config({"test_cfg": {"rcnn": rcnn}})).dedup == expected
 
 
 def test_real_model_shows_each_nail_once(segmenter, photos):
     cfg = Config.fromfile(str(segmenter.weights.config))
-    assert segmenter.dedup == dedup_settings(cfg.model) is not None
+    assert segmenter.dedup == ModelSettings.of(cfg.model).dedup == segmenter.weights.settings.dedup is not None
     before = 0
     big = load_image_rgb(photos[0])
     big = cv2.resize(big, (big.shape[1] * 4, big.shape[0] * 4))  # shrunk for the model, masks scaled back

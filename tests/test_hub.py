@@ -19,7 +19,7 @@ from fake_hub import FakeHub
 from support import PHOTOS, AppProcess, free_port, label_count, weights_spec, weights_with
 
 from nailseg import cli
-from nailseg.hub import hub_files, model_card
+from nailseg.publish import hub_files, model_card
 from nailseg.weights import WeightsError
 
 RESOLVE = """

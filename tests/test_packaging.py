@@ -86,3 +86,39 @@ def test_import_nailseg_exports_its_api_without_loading_torch():
     run = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=REPO, timeout=120)
     assert run.returncode == 0, run.stderr[-2000:]
     assert run.stdout.split() == ["False", "nailseg.inference", "nailseg.result"]
+
+
+def test_no_import_circle_in_the_package():
+    """Issue 22: ``hub`` -> ``weights`` -> ``hub`` (and through ``inference``) was a circle. Every
+    import counts, those inside functions too: a circle there is a module that cannot be read alone."""
+    import ast
+
+    modules = {}
+    for path in (REPO / "nailseg").rglob("*.py"):
+        name = ".".join(path.relative_to(REPO).with_suffix("").parts).removesuffix(".__init__")
+        modules[name] = path
+    edges = {name: set() for name in modules}
+    for name, path in modules.items():
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                targets = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                targets = [node.module, *(f"{node.module}.{alias.name}" for alias in node.names)]
+            else:
+                continue
+            edges[name] |= {t for t in targets if t in modules and t not in (name, "nailseg")}
+    assert len(modules) > 30 and sum(map(len, edges.values())) > 50  # the walk saw the package
+
+    state: dict[str, str] = {}
+
+    def visit(name: str, path: list[str]) -> None:
+        state[name] = "open"
+        for target in sorted(edges[name]):
+            assert state.get(target) != "open", " -> ".join([*path, name, target])
+            if target not in state:
+                visit(target, [*path, name])
+        state[name] = "done"
+
+    for name in sorted(modules):
+        if name not in state:
+            visit(name, [])

@@ -16,11 +16,13 @@ from support import convert_test_photos, fake_checkpoint, weights_with
 
 from nailseg import cli
 from nailseg.images import load_image_rgb
-from nailseg.inference import FALLBACK_SCORE_THR, default_score_thr, load_model
+from nailseg.inference import load_model
 from nailseg.serving import ModelStore
 from nailseg.weights import (
     BUNDLED_WEIGHTS,
     ENV_VAR,
+    FALLBACK_SCORE_THR,
+    ModelSettings,
     WeightsError,
     export_weights,
     record_score_thr,
@@ -29,7 +31,7 @@ from nailseg.weights import (
 
 def test_the_bundled_model_states_the_threshold_its_card_chose():
     config = json.loads(BUNDLED_WEIGHTS.with_suffix(".json").read_text())
-    chosen = default_score_thr(config["model"])
+    chosen = ModelSettings.of(config["model"]).score_thr
     assert chosen != FALLBACK_SCORE_THR
     card = (BUNDLED_WEIGHTS.parent / "README.md").read_text()
     assert f"Default score threshold {chosen}" in card
@@ -39,12 +41,12 @@ def test_the_bundled_model_states_the_threshold_its_card_chose():
 @pytest.mark.parametrize("value", [0, -0.1, 1.5, "0.8", True, [0.8]])
 def test_a_config_with_a_threshold_out_of_range_is_refused(value):
     with pytest.raises(WeightsError, match=r"default_score_thr must be a number in \(0, 1\]"):
-        default_score_thr({"test_cfg": {"rcnn": {"default_score_thr": value}}})
+        ModelSettings.of({"test_cfg": {"rcnn": {"default_score_thr": value}}})
 
 
 def test_weights_stating_none_get_the_fallback():
-    assert default_score_thr({"test_cfg": {"rcnn": {"score_thr": 0.05}}}) == FALLBACK_SCORE_THR == 0.5
-    assert default_score_thr({}) == FALLBACK_SCORE_THR
+    assert ModelSettings.of({"test_cfg": {"rcnn": {"score_thr": 0.05}}}).score_thr == FALLBACK_SCORE_THR == 0.5
+    assert ModelSettings.of({}).score_thr == FALLBACK_SCORE_THR
 
 
 @pytest.fixture(scope="module")
@@ -87,11 +89,11 @@ def test_export_records_the_threshold(tmp_path, capsys):
     assert "--score-thr" not in capsys.readouterr().out  # no reminder when one was given
     assert load_model(out, device="cpu").score_thr == 0.7
     plain = export_weights(checkpoint, tmp_path / "plain.safetensors")
-    assert default_score_thr(json.loads(plain.with_suffix(".json").read_text())["model"]) == FALLBACK_SCORE_THR
+    assert ModelSettings.of(json.loads(plain.with_suffix(".json").read_text())["model"]).score_thr == FALLBACK_SCORE_THR
     assert cli.main(["export", str(checkpoint), "--out", str(tmp_path / "p2.safetensors")]) == 0
     assert "no --score-thr or --choose-thr" in capsys.readouterr().out
     assert cli.main(["export", str(checkpoint), "--out", str(tmp_path / "bad.safetensors"), "--score-thr", "0"]) == 2
-    assert "must be in (0, 1], got 0.0" in capsys.readouterr().err
+    assert "must be a number in (0, 1], got 0.0" in capsys.readouterr().err
     assert not (tmp_path / "bad.json").exists() and not (tmp_path / "bad.safetensors").exists()
 
 
@@ -110,7 +112,7 @@ def test_the_apps_slider_starts_at_the_models_threshold_without_waiting(tmp_path
     assert (
         store.score_thr()
         == store.current.score_thr
-        == default_score_thr(json.loads(BUNDLED_WEIGHTS.with_suffix(".json").read_text())["model"])
+        == ModelSettings.of(json.loads(BUNDLED_WEIGHTS.with_suffix(".json").read_text())["model"]).score_thr
     )
 
 
@@ -147,7 +149,7 @@ def test_record_score_thr_rewrites_only_the_config(tmp_path):
     before = weights.read_bytes()
     record_score_thr(weights, 0.65)
     assert load_model(weights, device="cpu").score_thr == 0.65 and weights.read_bytes() == before
-    with pytest.raises(WeightsError, match=r"must be in \(0, 1\], got 2"):
+    with pytest.raises(WeightsError, match=r"must be a number in \(0, 1\], got 2"):
         record_score_thr(weights, 2)
     with pytest.raises(WeightsError, match="config missing.json cannot be read"):
         record_score_thr(tmp_path / "missing.safetensors", 0.5)

@@ -197,10 +197,9 @@ def export_checkpoint(status: JobStatus) -> tuple[Path, Path]:
 def choose_threshold(status: JobStatus, weights: Path) -> float | None:
     """Record the exported model's default score threshold: best F1 on the run's validation photos
     (the first :data:`THRESHOLD_PHOTOS`). Without usable ones it records none (users get 0.5)."""
-    from nailseg.evaluate import choose_score_thr
+    from nailseg.evaluate import record_chosen_score_thr, threshold_ground_truth
     from nailseg.images import ImageError
-    from nailseg.inference import load_model
-    from nailseg.weights import WeightsError, record_score_thr
+    from nailseg.weights import WeightsError
 
     argv = status.argv
     valid = Path(argv[argv.index("--data") + 1]) / "valid.json" if "--data" in argv[:-1] else None
@@ -208,11 +207,10 @@ def choose_threshold(status: JobStatus, weights: Path) -> float | None:
         return None
     gr.Info(f"Choosing the model's default score threshold on up to {THRESHOLD_PHOTOS} validation photos…")
     try:
-        chosen = choose_score_thr(load_model(weights), valid, limit=THRESHOLD_PHOTOS).chosen
+        gt, img_dir = threshold_ground_truth(valid, limit=THRESHOLD_PHOTOS)
+        return record_chosen_score_thr(weights, gt, img_dir).chosen
     except (ValueError, OSError, ImageError, WeightsError):  # no photos, or a photo gone since training
         return None
-    record_score_thr(weights, chosen)
-    return chosen
 
 
 def _view(status: JobStatus, allowed: bool = True):
@@ -315,7 +313,8 @@ def push(repo_id: str, token: str, private: bool, request: gr.Request, profile: 
 
     The token is the one typed, else ``$HF_TOKEN`` (e.g. a Space secret); it never appears in a message.
     """
-    from nailseg.hub import HubRefused, push_model
+    from nailseg.hub import HubRefused
+    from nailseg.publish import push_model
     from nailseg.weights import WeightsError
 
     access.require_owner(request, profile, "Pushing to the Hub")
