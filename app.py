@@ -18,7 +18,7 @@ import gradio as gr
 from nailseg import access, middleware
 from nailseg.files import remove_older_than
 from nailseg.paths import converted_root, keep_hours
-from nailseg.serving import STORE, exit_on_sigterm
+from nailseg.serving import STORE, exit_on_sigterm, scratch_root
 from nailseg.tabs.dataset import dataset_tab
 from nailseg.tabs.segment import segment_tab
 from nailseg.tabs.train import train_tab
@@ -32,23 +32,30 @@ no new upload. Example photos: Roboflow Universe *nails_segmentation* (CC BY 4.0
 `examples/ATTRIBUTION.md`).
 """
 
-remove_older_than(converted_root(), keep_hours())  # kept datasets past their time
 
-# Gradio's cache (uploads, answers' files): checked every 2 minutes, files older than 10 go.
-with gr.Blocks(title="NailSeg", delete_cache=(120, 600)) as demo:
-    gr.Markdown(DESCRIPTION)
-    if access.oauth_enabled():
-        gr.LoginButton()
-    with gr.Tab("Segment", id="segment"):
-        follow_model = segment_tab(EXAMPLES)
-    with gr.Tab("Dataset → COCO", id="dataset"):
-        dataset_tab()
-    with gr.Tab("Train", id="train"):
-        used = train_tab(demo)
-    follow_model(used)  # "use this model": the Segment tab's slider and status line follow at once
+def build_demo() -> gr.Blocks:
+    """The page: three tabs over what requests share (:mod:`nailseg.serving`)."""
+    # Gradio's cache (uploads, answers' files): checked every 2 minutes, files older than 10 go.
+    with gr.Blocks(title="NailSeg", delete_cache=(120, 600)) as demo:
+        gr.Markdown(DESCRIPTION)
+        if access.oauth_enabled():
+            gr.LoginButton()
+        with gr.Tab("Segment", id="segment"):
+            follow_model = segment_tab(EXAMPLES)
+        with gr.Tab("Dataset → COCO", id="dataset"):
+            dataset_tab()
+        with gr.Tab("Train", id="train"):
+            used = train_tab(demo)
+        follow_model(used)  # "use this model": the Segment tab's slider and status line follow at once
+    return demo
+
+
+demo = build_demo()
 
 if __name__ == "__main__":
     exit_on_sigterm()
+    remove_older_than(converted_root(), keep_hours())  # kept datasets past their time
+    scratch_root()  # this process's folder of answers' files; those of dead app processes go now
     # A bounded queue; uploads (dataset zips) up to 2 GB, within each address's share (middleware).
     # Concurrency per event is set in the tabs.
     demo.queue(max_size=int(os.environ.get("NAILSEG_QUEUE_SIZE", "32")), default_concurrency_limit=1).launch(

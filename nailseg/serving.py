@@ -33,6 +33,7 @@ from typing import NamedTuple
 
 import gradio as gr
 
+from nailseg.jobs import TrainingJobs
 from nailseg.weights import (
     BUNDLED_WEIGHTS,
     FALLBACK_SCORE_THR,
@@ -54,9 +55,20 @@ def _remove_dead_scratch(tmp: Path) -> None:
             shutil.rmtree(old, ignore_errors=True)
 
 
-_remove_dead_scratch(Path(tempfile.gettempdir()))
-SCRATCH_ROOT = Path(tempfile.mkdtemp(prefix=f"{_SCRATCH_PREFIX}{os.getpid()}-"))
-atexit.register(shutil.rmtree, SCRATCH_ROOT, ignore_errors=True)
+_scratch_root: Path | None = None
+_scratch_lock = threading.Lock()
+
+
+def scratch_root() -> Path:
+    """This process's folder of answers' files, made at the first answer (importing this module
+    makes nothing): dead processes' roots are removed then, and this one at exit."""
+    global _scratch_root
+    with _scratch_lock:
+        if _scratch_root is None or not _scratch_root.is_dir():
+            _remove_dead_scratch(Path(tempfile.gettempdir()))
+            _scratch_root = Path(tempfile.mkdtemp(prefix=f"{_SCRATCH_PREFIX}{os.getpid()}-"))
+            atexit.register(shutil.rmtree, _scratch_root, ignore_errors=True)
+        return _scratch_root
 
 
 def exit_on_sigterm() -> None:
@@ -66,14 +78,14 @@ def exit_on_sigterm() -> None:
 
 def scratch_dir() -> Path:
     """A fresh folder for one answer's files; folders of earlier answers older than a minute go."""
-    now = time.time()
-    for old in SCRATCH_ROOT.iterdir():
+    now, root = time.time(), scratch_root()
+    for old in root.iterdir():
         try:
             if now - old.stat().st_mtime > SCRATCH_KEEP_S:
                 shutil.rmtree(old, ignore_errors=True)
         except FileNotFoundError:  # another request removed it first
             pass
-    return Path(tempfile.mkdtemp(dir=SCRATCH_ROOT))
+    return Path(tempfile.mkdtemp(dir=root))
 
 
 @dataclass(frozen=True)
@@ -357,7 +369,9 @@ class SessionStore:
             del self._items[key]
 
 
+# What every request shares; made here, at no cost (nothing loads, nothing starts, until asked).
 STORE = ModelStore()
+JOBS = TrainingJobs()  # the Train tab's one training run
 # A working-size photo (<= 1600 px) and its nails take up to ~8 MB: 256 MB keep 30+ visitors, and
 # an address with many sessions (a script, an office behind one address) keeps 64 MB of them.
 SESSIONS = SessionStore(

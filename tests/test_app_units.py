@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import re
 import stat
+import subprocess
+import sys
 import time
 import zipfile
 from pathlib import Path
@@ -491,3 +494,17 @@ def test_model_view_is_the_threshold_and_status_of_the_model_in_use(monkeypatch,
     score_thr, status = segment.model_view()
     assert score_thr == 0.6
     assert "other.safetensors" in status and "default score threshold 0.6" in status
+
+
+def test_importing_the_app_s_modules_makes_and_removes_nothing(tmp_path):
+    """Issue 22: importing nailseg.serving made a scratch folder and removed others'. Now the
+    app's start does that (app.py), and the first answer if nothing did."""
+    stale = tmp_path / "nailseg-app-999999999-abc"  # a dead process's scratch root
+    stale.mkdir()
+    probe = "import nailseg.serving, nailseg.tabs.segment, nailseg.tabs.train, nailseg.tabs.dataset"
+    env = {**os.environ, "TMPDIR": str(tmp_path)}
+    subprocess.run([sys.executable, "-c", probe], check=True, env=env, cwd=Path(__file__).parent.parent, timeout=120)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [stale.name]
+    made = "from nailseg import serving; print(serving.scratch_dir().parent.parent)"
+    run = subprocess.run([sys.executable, "-c", made], capture_output=True, text=True, env=env, timeout=120)
+    assert run.stdout.strip() == str(tmp_path) and not stale.exists()  # the first answer's folder, the dead one gone

@@ -26,9 +26,9 @@ import pandas as pd
 from nailseg import access
 from nailseg.distributed import gpu_count
 from nailseg.files import write_zip
-from nailseg.jobs import JobError, JobStatus, TrainingJobs, TrainRequest
+from nailseg.jobs import JobError, JobStatus, TrainRequest
 from nailseg.paths import BUNDLED_WEIGHTS, CONFIG_DIR, DEFAULT_CONFIG, converted_root
-from nailseg.serving import STORE, code, number, scratch_dir
+from nailseg.serving import JOBS, STORE, code, number, scratch_dir
 
 if TYPE_CHECKING:
     from gradio.events import Dependency
@@ -54,7 +54,6 @@ OVERRIDES = {
 EXPORT_DIR = "export"
 THRESHOLD_PHOTOS = 200  # validation photos the exported model's threshold is chosen on (~1 min on a CPU)
 LOG_LINES = 15  # the log box shows them all, without scrolling
-JOBS = TrainingJobs()
 
 
 def data_roots() -> tuple[Path, ...]:
