@@ -108,9 +108,21 @@ def _convert_zip(archive: Path, dest: Path, options: dict):
         raise
 
 
-def _train(args: argparse.Namespace) -> int:
-    from mmengine.config import DictAction
+def option_value(text: str):
+    """A ``--cfg-options`` value as mmdet's tools read it: Python literals (numbers, ``True``,
+    ``None``, strings, ``[...]``, ``(...)``, ``{...}``), ``a,b`` as a list, anything else as text.
+    Read as data (``ast.literal_eval``): nothing in it runs."""
+    import ast
 
+    if "," in text and not text.startswith(("[", "(", "{", '"', "'")):
+        return [option_value(part) for part in text.split(",")]
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError, MemoryError, RecursionError):
+        return text
+
+
+def _train(args: argparse.Namespace) -> int:
     from nailseg import distributed
     from nailseg.train import DEFAULT_CONFIG, build_config, train
 
@@ -119,7 +131,7 @@ def _train(args: argparse.Namespace) -> int:
         key, sep, value = item.partition("=")
         if not sep:
             raise ValueError(f"--cfg-options expects KEY=VALUE, got {item!r}")
-        options[key] = DictAction._parse_iterable(value)
+        options[key] = option_value(value)
     if args.auto_scale_lr:
         options["auto_scale_lr.enable"] = True
     if args.nproc < 1:

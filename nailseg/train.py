@@ -82,7 +82,8 @@ def build_config(
         config: config file (``configs/*.py``).
         data: folder holding ``train.json`` and ``valid.json``; the photos are found through the
             ``dataset_root`` recorded in them.
-        work_dir: where logs and checkpoints go (default ``work_dirs/<config name>``).
+        work_dir: where logs and checkpoints go (default: the config's ``work_dir``, else
+            ``work_dirs/<config name>``).
         epochs: passes over the training photos; iteration-based configs are converted to
             iterations (of ``batch_size * world_size`` photos) and their lr schedule stretched to match.
         batch_size: photos per iteration and process (per GPU).
@@ -124,7 +125,8 @@ def build_config(
         raise FileNotFoundError(f"photos folder {dataset_root!r} recorded in {train_json} does not exist")
 
     cfg = Config.fromfile(str(config))
-    cfg.work_dir = str(work_dir or Path("work_dirs") / config.stem)
+    # mmdet's rule: the command line's, then the config's own, then work_dirs/<config name>.
+    cfg.work_dir = str(work_dir or cfg.get("work_dir") or Path("work_dirs") / config.stem)
     for loader, ann in (
         ("train_dataloader", train_json),
         ("val_dataloader", valid_json),

@@ -230,3 +230,25 @@ def test_predict_saves_its_index_on_sigterm(tmp_path):
     assert run.wait(timeout=120) == 128 + signal.SIGTERM  # stopped halfway, not finished
     done = {r["file_name"] for r in json.loads((out / "predictions.json").read_text())}
     assert 1 <= len(done) < 8 * len(PHOTOS)
+
+
+@pytest.mark.parametrize(
+    ("text", "value"),
+    [
+        ("0.02", 0.02),
+        ("3", 3),
+        ("True", True),
+        ("None", None),
+        ("[1, 2]", [1, 2]),
+        ("(1, 2)", (1, 2)),
+        ("1,2", [1, 2]),
+        ("a,b", ["a", "b"]),
+        ("resnet", "resnet"),
+        ("__import__('os').system('true')", "__import__('os').system('true')"),  # text, never run
+    ],
+)
+def test_cfg_options_values_are_read_as_mmdet_reads_them_without_running_them(text, value):
+    """What mmengine's private DictAction._parse_iterable gave, from our own reader."""
+    from nailseg.cli import option_value
+
+    assert option_value(text) == value

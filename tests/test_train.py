@@ -36,6 +36,14 @@ def test_build_config_points_at_the_data(tiny):
     assert load["poly2mask"] is True
 
 
+def test_work_dir_is_the_command_lines_then_the_configs_then_by_name(tiny, tmp_path):
+    config = tmp_path / "mine.py"
+    config.write_text(f"_base_ = [{str(DEFAULT_CONFIG)!r}]\nwork_dir = {str(tmp_path / 'from-config')!r}\n")
+    assert build_config(config, tiny).work_dir == str(tmp_path / "from-config")
+    assert build_config(config, tiny, work_dir=tmp_path / "given").work_dir == str(tmp_path / "given")
+    assert build_config(DEFAULT_CONFIG, tiny).work_dir == str(Path("work_dirs") / DEFAULT_CONFIG.stem)
+
+
 def test_epochs_become_iterations_and_stretch_the_schedule(tiny):
     cfg = build_config(DEFAULT_CONFIG, tiny, epochs=3, batch_size=2, lr=0.005)
     n_train = len(json.loads((tiny / "train.json").read_text())["images"])

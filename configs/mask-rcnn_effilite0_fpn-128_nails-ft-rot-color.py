@@ -1,6 +1,6 @@
 # Third stage of the default model: the bundled weights (stages 1 and 2) trained on with the
 # augmentations hand photos call for: any angle, other light and colour, a wider range of sizes.
-#   nailseg train configs/mask-rcnn_effilite0_fpn-128_ft-rot-color_nails.py --data data/roboflow \
+#   nailseg train configs/mask-rcnn_effilite0_fpn-128_nails-ft-rot-color.py --data data/roboflow \
 #       --load-from checkpoints/mask-rcnn_effilite0_fpn-128_nails.safetensors
 _base_ = './mask-rcnn_effilite0_fpn-128_nails.py'
 
