@@ -208,8 +208,10 @@ def run(
         print(f"resume: {len(kept)} photo(s) done before, {len(todo)} to go", file=sys.stderr)
     if nproc <= 1 or not todo:
         outputs.remove_shards(out_dir)  # stale, or just folded into `kept`
-        done, source = _segment(todo, out_dir, settings, None, _saver(out_dir, kept)) if todo else ([], "-")
-        print(f"{_save_all(out_dir, photos, [*kept.values(), *done], yolo)}, weights: {source})")
+        done, summary = (
+            _segment(todo, out_dir, settings, None, _saver(out_dir, kept)) if todo else ([], "nothing to do")
+        )
+        print(f"{_save_all(out_dir, photos, [*kept.values(), *done], yolo)}, {summary})")
         return _status(done)
     if not argv:
         raise ValueError("the workers' arguments (argv) are needed for nproc > 1")
@@ -248,8 +250,8 @@ def run_worker(inputs: Iterable[str | Path], out_dir: Path, settings: Settings, 
     def save(done: list[dict]) -> None:
         outputs.write_shard(out_dir, rank, done)
 
-    done, source = _segment(share, out_dir, settings, device, save, f"rank {rank} of {world}", show=rank == 0)
-    print(f"rank {rank}: {len(done)} photo(s), weights: {source}")
+    done, summary = _segment(share, out_dir, settings, device, save, f"rank {rank} of {world}", show=rank == 0)
+    print(f"rank {rank}: {summary}")
     return 0
 
 
@@ -287,7 +289,9 @@ def _segment(
     """Segment ``photos`` one by one, writing their pictures; ``save(done)`` every SAVE_EVERY_S and at the end.
 
     A progress bar goes to stderr when ``show`` and it is a terminal. Returns the photo entries
-    and the weights' source with the precision and device they ran in (for the summary line).
+    and, for the summary line, how long the photos took once the model was loaded
+    (``N photo(s) in S s``: read, segment, write) and the weights' source with the precision and
+    device they ran in.
     """
     from tqdm import tqdm
 
@@ -295,6 +299,7 @@ def _segment(
     from nailseg.inference import load_model
 
     segmenter = load_model(settings.weights, device=device, allow_py_config=True)
+    start = time.perf_counter()
     done: list[dict] = []
     # delay: the bar appears once a run has taken 2 s, so a photo or two prints no bar.
     bar = tqdm(photos, unit="photo", desc=desc, disable=not (show and sys.stderr.isatty()), delay=2)
@@ -322,4 +327,6 @@ def _segment(
     finally:
         bar.close()
         save(done)
-    return done, f"{segmenter.weights.source} ({segmenter.precision} on {segmenter.device})"
+    seconds = time.perf_counter() - start
+    where = f"{segmenter.weights.source} ({segmenter.precision} on {segmenter.device})"
+    return done, f"{len(photos)} photo(s) in {seconds:.2f} s, weights: {where}"

@@ -13,7 +13,7 @@ from pathlib import Path
 import gradio as gr
 import pytest
 import torch
-from support import REPO, convert_test_photos
+from support import REPO, convert_test_photos, load_bench
 
 from nailseg import cli, distributed
 from nailseg.jobs import STATE_NAME, TrainingJobs, TrainRequest, _alive
@@ -478,3 +478,12 @@ def test_resume_after_adding_photos_keeps_every_earlier_output(tmp_path):
         assert after[row["crop"]] == before[row["crop"]] and after[row["cutout"]] == before[row["cutout"]]
     assert all(row["crop"] in after and row["cutout"] in after for row in rows)
     assert len({row["crop"] for row in rows}) == len(rows)
+
+
+def test_predict_says_how_long_its_photos_took_after_the_model_loaded(tmp_path):
+    """bench/latency.py reads it: a time of its own, never a difference of two start-up-noisy runs."""
+    from support import PHOTOS
+
+    latency = load_bench("latency")
+    seconds = latency.predict_seconds(None, [str(p) for p in PHOTOS[:2]], tmp_path / "out")
+    assert 0 < seconds < 120

@@ -5,7 +5,6 @@ its measuring phase runs end to end (here on the CPU, with the test photos and t
 from __future__ import annotations
 
 import json
-import math
 import os
 import shutil
 import subprocess
@@ -59,8 +58,8 @@ def test_dry_run_measures_every_step(tmp_path):
     # The bundled model finds the two validation photos' nails; the 1-epoch run is scored as well.
     assert results["evaluate"]["bundled"]["segm"]["AP"] > 0.5
     assert 0 <= results["evaluate"]["mask-rcnn_effilite0_fpn-128_nails"]["segm"]["AP"] <= 1
-    # A difference of two whole-process timings: a number, whose sign start-up noise may still flip.
-    assert all(math.isfinite(results["predict"][k]) for k in ("device_ms_per_photo", "cpu_same_machine_ms_per_photo"))
+    # predict's own time of its photos (after its model loaded), not a difference of two runs: > 0.
+    assert all(results["predict"][k] > 0 for k in ("device_ms_per_photo", "cpu_same_machine_ms_per_photo"))
     back = sorted(p.name for p in (tmp_path / "out").iterdir())
     assert "mask-rcnn_effilite0_fpn-128_nails-gpu.safetensors" in back and "gpu.md" in back
     assert len(back) <= 8  # what the device tool brings back at most
