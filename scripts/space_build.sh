@@ -221,8 +221,10 @@ report_build() {
 
 # The image's own entrypoint and command (what a Space starts), as NUL-separated words.
 image_command() {
-  bah inspect --type image --format '{{json .OCIv1.Config}}' "$tag" |
-    python3 -c 'import json, sys; c = json.load(sys.stdin); sys.stdout.write("\0".join((c.get("Entrypoint") or []) + (c.get("Cmd") or [])))'
+  # buildah 1.28's --format has no json function: the whole inspection, read here.
+  bah inspect --type image "$tag" | python3 -c 'import json, sys
+c = json.load(sys.stdin)["OCIv1"]["config"]
+sys.stdout.write("\0".join((c.get("Entrypoint") or []) + (c.get("Cmd") or [])))'
 }
 
 front_matter_port() { sed -n '1,/^---$/{/^---$/!p}' "$repo/README.md" | sed -n 's/^app_port: *\([0-9]*\).*/\1/p'; }
@@ -387,7 +389,7 @@ else:
           f"*.egg-info, __pycache__); kept out as .dockerignore says: {' '.join(kept_out) or 'nothing here'}")
 PY
 
-# Run inside the container as root: every file or folder changed since the stamp, outside the
+# Run inside the container as root: every file or folder the app (uid 1000) changed since the stamp, outside the
 # places a Space lets the app write and outside the mounts (the runtime's /proc, /dev, /etc/hosts...).
 # shellcheck disable=SC2016  # expanded by the container's shell
 writes_check='
@@ -396,7 +398,7 @@ set -- -path /tmp -prune -o -path /data -prune -o -path "$home" -prune -o -path 
 for m in $(awk "{ print \$5 }" /proc/self/mountinfo | sort -u); do
   [ "$m" = / ] || set -- "$@" -o -path "$m" -prune
 done
-find / \( "$@" \) -o -newer "$stamp" -print 2>/dev/null | head -n 20
+find / \( "$@" \) -o -user 1000 -newer "$stamp" -print 2>/dev/null | head -n 20
 '
 
 # The image's size, layer by layer with the step that made it (layers of a local build are
@@ -414,7 +416,8 @@ total = sum(l["size"] for l in layers)
 print(f"  {len(layers)} layers, {total / 1e9:.2f} GB in all; over 1 MB:")
 for layer, step in zip(layers, steps):
     if layer["size"] > 1e6:
-        print(f"  {layer[\"size\"] / 1e6:9.1f} MB  {\" \".join(step.split())[:100]}")'
+        size, text = layer["size"] / 1e6, " ".join(step.split())[:100]
+        print(f"  {size:9.1f} MB  {text}")'
   echo "in the running container (du, MB):"
   run_in 0:0 sh -c 'du -xsm /usr /var /etc /home/user/app/.venv 2>/dev/null
     du -xsm --exclude=.venv /home/user/app; du -xsm --exclude=app /home/user
@@ -525,7 +528,7 @@ main() {
   # Mount points of the build that buildah may leave as empty stubs: empty is fine, content is not.
   # shellcheck disable=SC2016
   leftovers=$(run_in 0:0 sh -c 'for p in /etc/pip.conf /run/host-ca.crt /run/host-mmcv /run/host-links-*; do
-    [ -e "$p" ] && [ -s "$p" -o -n "$(ls -A "$p" 2>/dev/null)" ] && echo "$p"; done; true')
+    if [ -d "$p" ]; then [ -n "$(ls -A "$p")" ] && echo "$p"; elif [ -s "$p" ]; then echo "$p"; fi; done; true')
   [[ -z $leftovers ]] || result FAIL "image contents: the build's mounts left files in the image: $leftovers"
   local stray
   stray=$(run_in 0:0 sh -c "$writes_check" _ "$stamp" "$home")
