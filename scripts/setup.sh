@@ -2,12 +2,18 @@
 # Create .venv/ and install NailSeg in the order that works; a second run takes seconds.
 #   scripts/setup.sh          runtime packages (the app, the CLI)
 #   scripts/setup.sh --dev    plus test tools and, as root, Debian's chromium for browser tests
+#   scripts/setup.sh --deps-only   the packages NailSeg needs, not NailSeg (the Dockerfile's cached
+#                             layer: it reads only requirements*.txt, pyproject.toml and this file)
 # The Dockerfile picks torch's build and mmcv's CUDA ops with two variables (unset: as here):
 #   NAILSEG_TORCH_INDEX  an extra index for torch, e.g. https://download.pytorch.org/whl/cu126
 #   NAILSEG_MMCV_ENV     a file of mmcv build variables to source, e.g. scripts/mmcv-cuda.env
 set -euo pipefail
 cd "$(dirname "$0")/.."
-dev=0; [[ "${1:-}" == "--dev" ]] && dev=1
+dev=0 deps_only=0
+case "${1:-}" in
+  --dev) dev=1 ;;
+  --deps-only) deps_only=1 ;;
+esac
 py=${PYTHON:-python3.11}
 venv=.venv
 stamp="$venv/.nailseg-setup-$(cat requirements.txt requirements-dev.txt pyproject.toml scripts/setup.sh | sha1sum | cut -c1-12)-$dev"
@@ -36,6 +42,7 @@ if [[ ! -f "$stamp" ]]; then
   # 3. everything else, pinned; then nailseg itself (editable, no dependency resolution).
   "${pip[@]}" install -r requirements.txt
   if [[ $dev == 1 ]]; then "${pip[@]}" install -r requirements-dev.txt; fi
+  if [[ $deps_only == 1 ]]; then exit 0; fi  # no stamp: the next run installs NailSeg itself
   "${pip[@]}" install --no-deps --no-build-isolation -e .
   rm -f "$venv"/.nailseg-setup-*
   touch "$stamp"

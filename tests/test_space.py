@@ -70,32 +70,28 @@ def test_what_git_ignores_stays_out_of_the_image(made_here):
     assert dockerfile.ignored(made_here, dockerfile.ignore_rules())
 
 
-# setup.sh ends with `pip install -e .`, which packages configs/ and checkpoints/ with nailseg; its
-# stamp hashes requirements-dev.txt; the CUDA variant sources scripts/mmcv-cuda.env.
-SETUP_NEEDS = [
-    "requirements.txt",
-    "requirements-dev.txt",
-    "pyproject.toml",
-    "scripts/setup.sh",
-    "scripts/mmcv-cuda.env",
-    "nailseg",
-    "configs",
-    "checkpoints",
-]
+# `setup.sh --deps-only` reads the pins, pyproject.toml (its stamp hashes it with
+# requirements-dev.txt and itself) and, in the CUDA variant, scripts/mmcv-cuda.env.
+DEPS_NEEDS = ["requirements.txt", "requirements-dev.txt", "pyproject.toml", "scripts/setup.sh", "scripts/mmcv-cuda.env"]
 
 
-@pytest.mark.parametrize("needed", SETUP_NEEDS)
-def test_setup_has_what_it_installs_before_it_runs(variants, needed):
+@pytest.mark.parametrize("needed", DEPS_NEEDS)
+def test_the_packages_layer_has_what_it_reads(variants, needed):
     steps = variants["cpu"]
-    setup = steps.index(("RUN", "scripts/setup.sh"))
-    assert needed in [step[1] for step in steps[:setup] if step[0] == "COPY"]
+    deps = steps.index(("RUN", "scripts/setup.sh --deps-only"))
+    assert needed in [step[1] for step in steps[:deps] if step[0] == "COPY"]
 
 
-def test_setup_layer_depends_on_nothing_else(variants):
-    """What is copied before setup.sh decides when a Space compiles mmcv again: only what it reads."""
-    steps = variants["cpu"]
-    setup = steps.index(("RUN", "scripts/setup.sh"))
-    assert sorted(step[1] for step in steps[:setup] if step[0] == "COPY") == sorted(SETUP_NEEDS + ["README.md"])
+@pytest.mark.parametrize("variant", ["cpu", "cuda"])
+def test_the_packages_layer_depends_on_nothing_else(variants, variant):
+    """What is copied before ``setup.sh --deps-only`` decides when a Space compiles mmcv again: only
+    what it reads, so a push of code, weights or docs reuses the layer; NailSeg is installed after
+    everything else is copied."""
+    steps = variants[variant]
+    deps = steps.index(("RUN", "scripts/setup.sh --deps-only"))
+    assert sorted(step[1] for step in steps[:deps] if step[0] == "COPY") == sorted(DEPS_NEEDS)
+    install = steps.index(("RUN", "scripts/setup.sh"))
+    assert deps < [i for i, step in enumerate(steps) if step[:2] == ("COPY", ".")][0] < install
 
 
 @pytest.mark.parametrize("variant", ["cpu", "cuda"])
@@ -104,7 +100,7 @@ def test_installs_with_setup_as_uid_1000_and_serves_the_app(variants, variant):
     user = next(step[1] for step in steps if step[0] == "USER")
     assert any(step[0] == "RUN" and re.search(rf"useradd .*-u 1000 {user}\b", step[1]) for step in steps)
     runs = [step[1] for step in after_user(steps) if step[0] == "RUN"]
-    assert runs == ["scripts/setup.sh"]
+    assert runs == ["scripts/setup.sh --deps-only", "scripts/setup.sh"]
     assert [step[1] for step in steps if step[0] == "CMD"] == [".venv/bin/python app.py"]
     assert env_of(steps)["PYTHON"] == "python3.11"
 
