@@ -210,9 +210,6 @@ def main() -> None:
     valid = json.loads((args.data / "valid.json").read_text())
     photos_root = Path(valid["info"]["dataset_root"])
     photos = [str(photos_root / im["file_name"]) for im in valid["images"][: args.photos]]
-    # End to end is (n photos - 1 photo) / (n - 1) of two whole processes: a few photos are lost in
-    # the start-up's noise (the dry run's two once gave -375 ms), so the photos repeat to at least 10.
-    photos = (photos * (10 // max(len(photos), 1) + 1))[: max(len(photos), 10)]
 
     def export() -> dict:
         return {

@@ -87,25 +87,27 @@ def run_worker(weights: str | None, photos: list[str]) -> dict:
     return json.loads(out.strip().splitlines()[-1])
 
 
-def predict_seconds(weights: str | None, photos: list[str], out: Path, env: dict | None = None) -> float:
-    """The seconds one ``nailseg predict`` process says its photos took once its model was loaded
-    (its summary's ``N photo(s) in S s``: read, segment, write); its stderr in the error on failure."""
+def predict_seconds(weights: str | None, photos: list[str], out: Path, env: dict | None = None) -> tuple[float, int]:
+    """The seconds one ``nailseg predict`` process says its photos took once its model was loaded,
+    and how many photos that was (its summary's ``N photo(s) in S s``: read, segment, write; a photo
+    named twice is segmented once); its stderr in the error on failure."""
     cmd = [sys.executable, "-m", "nailseg", "predict", *photos, "--out", str(out)]
     if weights:
         cmd += ["--weights", weights]
     done = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env)
     if done.returncode:
         raise RuntimeError(f"nailseg predict failed (exit {done.returncode}):\n{done.stderr[-3000:]}")
-    said = re.search(rf"\b{len(photos)} photo\(s\) in ([0-9.]+) s\b", done.stdout)
-    if not said:
+    said = re.search(r"\b(\d+) photo\(s\) in ([0-9.]+) s\b", done.stdout)
+    if not said or not int(said[1]):
         raise RuntimeError(f"nailseg predict did not say how long its photos took:\n{done.stdout[-1000:]}")
-    return float(said[1])
+    return float(said[2]), int(said[1])
 
 
 def predict_per_photo(weights: str | None, photos: list[str], out: Path, env: dict | None = None) -> float:
     """Per-photo time of ``nailseg predict`` without its start-up (import, model load), as it
     measures it itself: a time, never a difference of two (start-up noise once made that negative)."""
-    return predict_seconds(weights, photos, out, env) / len(photos)
+    seconds, count = predict_seconds(weights, photos, out, env)
+    return seconds / count
 
 
 def main() -> None:

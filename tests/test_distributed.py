@@ -485,5 +485,6 @@ def test_predict_says_how_long_its_photos_took_after_the_model_loaded(tmp_path):
     from support import PHOTOS
 
     latency = load_bench("latency")
-    seconds = latency.predict_seconds(None, [str(p) for p in PHOTOS[:2]], tmp_path / "out")
-    assert 0 < seconds < 120
+    photos = [str(p) for p in PHOTOS[:2]]
+    seconds, count = latency.predict_seconds(None, [*photos, photos[0]], tmp_path / "out")  # one named twice
+    assert 0 < seconds < 120 and count == 2
