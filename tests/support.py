@@ -137,10 +137,8 @@ class AppProcess:
             else:
                 env[key] = value
         self.log = (tmp / "app.log").open("w")
-        # Started in its own folder: what the app finds relative to where it runs (./data's
-        # datasets in the Train tab) is the test's, not this checkout's.
         self.proc = subprocess.Popen(
-            [sys.executable, str(REPO / "app.py")], cwd=tmp, env=env, stdout=self.log, stderr=subprocess.STDOUT
+            [sys.executable, "app.py"], cwd=REPO, env=env, stdout=self.log, stderr=subprocess.STDOUT
         )
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
