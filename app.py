@@ -18,7 +18,7 @@ import gradio as gr
 from nailseg import access, middleware
 from nailseg.files import remove_older_than
 from nailseg.paths import converted_root, keep_hours
-from nailseg.serving import STORE, exit_on_sigterm, scratch_root
+from nailseg.serving import Shared, exit_on_sigterm, scratch_root
 from nailseg.tabs.dataset import dataset_tab
 from nailseg.tabs.segment import segment_tab
 from nailseg.tabs.train import train_tab
@@ -33,24 +33,26 @@ no new upload. Example photos: Roboflow Universe *nails_segmentation* (CC BY 4.0
 """
 
 
-def build_demo() -> gr.Blocks:
-    """The page: three tabs over what requests share (:mod:`nailseg.serving`)."""
+def build_demo(shared: Shared) -> gr.Blocks:
+    """The page: three tabs over what requests share (the model in use, visitors' kept photos, the
+    training run: :class:`nailseg.serving.Shared`)."""
     # Gradio's cache (uploads, answers' files): checked every 2 minutes, files older than 10 go.
     with gr.Blocks(title="NailSeg", delete_cache=(120, 600)) as demo:
         gr.Markdown(DESCRIPTION)
         if access.oauth_enabled():
             gr.LoginButton()
         with gr.Tab("Segment", id="segment"):
-            follow_model = segment_tab(EXAMPLES)
+            follow_model = segment_tab(EXAMPLES, shared.store, shared.sessions)
         with gr.Tab("Dataset → COCO", id="dataset"):
             dataset_tab()
         with gr.Tab("Train", id="train"):
-            used = train_tab(demo)
+            used = train_tab(demo, shared.store, shared.jobs)
         follow_model(used)  # "use this model": the Segment tab's slider and status line follow at once
     return demo
 
 
-demo = build_demo()
+SHARED = Shared()  # costs nothing: the model loads once the page answers (below)
+demo = build_demo(SHARED)
 
 if __name__ == "__main__":
     exit_on_sigterm()
@@ -64,5 +66,5 @@ if __name__ == "__main__":
         app_kwargs={"middleware": middleware.stack()},
         prevent_thread_lock=True,
     )
-    STORE.load_in_background()  # once the page answers: importing torch and mmdet takes seconds
+    SHARED.store.load_in_background()  # once the page answers: importing torch and mmdet takes seconds
     demo.block_thread()

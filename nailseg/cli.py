@@ -267,7 +267,18 @@ def _push(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="nailseg", description="Fingernail instance segmentation.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add in (_convert_parser, _train_parser, _predict_parser, _evaluate_parser, _export_parser, _push_parser):
+        add(sub)
+    return parser
 
+
+WEIGHTS_HELP = (
+    "local .safetensors (its .json or .py config beside it) or hf://owner/repo[@rev]/file.safetensors "
+    "(default: $NAILSEG_WEIGHTS, then the bundled model)"
+)
+
+
+def _convert_parser(sub) -> None:
     p = sub.add_parser("convert", help="turn a nail dataset into COCO instance annotations")
     p.add_argument(
         "root",
@@ -291,6 +302,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=None, help="processes to use (default: all cores)")
     p.set_defaults(func=_convert)
 
+
+def _train_parser(sub) -> None:
     p = sub.add_parser("train", help="train a Mask R-CNN on converted data (mmengine Runner)")
     p.add_argument("config", type=Path, nargs="?", default=None, help="config file (default: the default model's)")
     p.add_argument("--data", type=Path, required=True, help="folder written by `nailseg convert`")
@@ -352,10 +365,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=_train)
 
-    weights_help = (
-        "local .safetensors (its .json or .py config beside it) or hf://owner/repo[@rev]/file.safetensors "
-        "(default: $NAILSEG_WEIGHTS, then the bundled model)"
-    )
+
+def _predict_parser(sub) -> None:
     p = sub.add_parser(
         "predict", help="segment photos: predictions.json, crops.csv, annotations.json (pre-labels), overlays, crops"
     )
@@ -367,9 +378,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--score-thr",
         type=float,
         default=None,
-        help="keep nails scoring at least this (default: the model's own, from its config; 0.9 for the bundled one)",
+        help="keep nails scoring at least this (default: the model's own, stated in its config)",
     )
-    p.add_argument("--weights", default=None, help=weights_help)
+    p.add_argument("--weights", default=None, help=WEIGHTS_HELP)
     p.add_argument(
         "--crop-size",
         type=int,
@@ -400,15 +411,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--distributed", action="store_true", help=argparse.SUPPRESS)  # set for --nproc's workers
     p.set_defaults(func=_predict)
 
+
+def _evaluate_parser(sub) -> None:
     p = sub.add_parser(
         "evaluate", help="COCO bbox/segm AP of a model on a ground-truth file, and its best score threshold by F1"
     )
     p.add_argument("--ann-file", type=Path, required=True, help="COCO ground truth (e.g. valid.json)")
     p.add_argument("--img-dir", type=Path, required=True, help="folder the file_name entries are relative to")
-    p.add_argument("--weights", default=None, help=weights_help)
+    p.add_argument("--weights", default=None, help=WEIGHTS_HELP)
     p.add_argument("--dump", type=Path, default=None, help="write every detection (COCO results) here")
     p.set_defaults(func=_evaluate)
 
+
+def _export_parser(sub) -> None:
     p = sub.add_parser("export", help="training checkpoint -> .safetensors weights + .json config (no pickle, no code)")
     p.add_argument("checkpoint", type=Path, help="mmengine checkpoint (.pth) from `nailseg train`")
     p.add_argument(
@@ -433,6 +448,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=_export)
 
+
+def _push_parser(sub) -> None:
     p = sub.add_parser("push", help="upload weights, their config and a model card to a Hugging Face Hub repo")
     p.add_argument("--repo-id", required=True, help="model repo OWNER/NAME (created when missing)")
     p.add_argument(
@@ -444,7 +461,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--token", default=None, help="Hub write token (default: $HF_TOKEN or the saved login)")
     p.add_argument("--private", action="store_true", help="create the repo private")
     p.set_defaults(func=_push)
-    return parser
 
 
 def main(argv: list[str] | None = None) -> int:

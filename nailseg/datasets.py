@@ -355,36 +355,13 @@ def convert_dataset(
         progress: show a progress bar; default: only on a terminal.
         categories: COCO layout: the categories to keep (see :mod:`nailseg.coco_dataset`).
     """
-    from tqdm import tqdm
-
     if not 0 <= valid_fraction < 1:
         raise ValueError(f"valid fraction must be in [0, 1), got {valid_fraction}")
     root = Path(root).resolve()
     layout, samples, problems = discover(root, categories)
-    workers = workers or os.cpu_count() or 1
-    chunks = [samples[i : i + 16] for i in range(0, len(samples), 16)]
-    jobs = [(root, chunk, min_area, split_touching) for chunk in chunks]
     show = sys.stderr.isatty() if progress is None else progress
-    bar = tqdm(total=len(samples), unit="photo", desc="convert", disable=not show)
-    # pandas takes a few hundred ms to import: let that happen while the workers convert. The
-    # thread starts only after the workers are forked (forking beside a running import can hang).
-    pandas_import = threading.Thread(target=importlib.import_module, args=("pandas",), daemon=True)
-    results: list[ConvertedSample] = []
-    if workers > 1 and len(chunks) > 1:
-        with ProcessPoolExecutor(workers) as pool:
-            chunk_results = pool.map(_convert_chunk, jobs)
-            pandas_import.start()
-            for chunk_result in chunk_results:
-                results += chunk_result
-                bar.update(len(chunk_result))
-    else:
-        pandas_import.start()
-        for job in jobs:
-            results += _convert_chunk(job)
-            bar.update(len(job[1]))
-    bar.close()
-    pandas_import.join()
-    import pandas as pd
+    results = _convert_samples(root, samples, min_area, split_touching, workers or os.cpu_count() or 1, show)
+    import pandas as pd  # imported while the workers converted
 
     ok = [r for r in results if r.problem is None]
     problems += [(r.sample.image, r.problem) for r in results if r.problem is not None]
@@ -412,6 +389,36 @@ def convert_dataset(
     return ConversionReport(
         root, layout, split_dicts["train"], split_dicts["valid"], manifest, problems, categories_seen
     )
+
+
+def _convert_samples(
+    root: Path, samples: list[Sample], min_area: int, split_touching: bool, workers: int, show: bool
+) -> list[ConvertedSample]:
+    """Convert ``samples`` in chunks of 16, in ``workers`` processes, with a progress bar if ``show``."""
+    from tqdm import tqdm
+
+    chunks = [samples[i : i + 16] for i in range(0, len(samples), 16)]
+    jobs = [(root, chunk, min_area, split_touching) for chunk in chunks]
+    bar = tqdm(total=len(samples), unit="photo", desc="convert", disable=not show)
+    # pandas takes a few hundred ms to import: let that happen while the workers convert. The
+    # thread starts only after the workers are forked (forking beside a running import can hang).
+    pandas_import = threading.Thread(target=importlib.import_module, args=("pandas",), daemon=True)
+    results: list[ConvertedSample] = []
+    if workers > 1 and len(chunks) > 1:
+        with ProcessPoolExecutor(workers) as pool:
+            chunk_results = pool.map(_convert_chunk, jobs)
+            pandas_import.start()
+            for chunk_result in chunk_results:
+                results += chunk_result
+                bar.update(len(chunk_result))
+    else:
+        pandas_import.start()
+        for job in jobs:
+            results += _convert_chunk(job)
+            bar.update(len(job[1]))
+    bar.close()
+    pandas_import.join()
+    return results
 
 
 def save_report(report: ConversionReport, out_dir: str | Path) -> list[Path]:

@@ -46,10 +46,15 @@ def write_zip(folder: Path, zip_path: Path) -> Path:
     return zip_path
 
 
+def _plain(text: str, max_len: int) -> str:
+    """``text`` with each run of odd characters as ``_``, no leading or trailing dot, at most
+    ``max_len`` characters; ``photo`` if nothing is left."""
+    return _UNSAFE.sub("_", text).strip("._")[:max_len] or "photo"
+
+
 def safe_stem(name: str, max_len: int = 80) -> str:
     """A file stem safe to use in our own output names: the name's stem, odd characters replaced."""
-    stem = _UNSAFE.sub("_", Path(name.replace("\\", "/")).stem).strip("._")
-    return stem[:max_len] or "photo"
+    return _plain(Path(name.replace("\\", "/")).stem, max_len)
 
 
 _PLAIN = re.compile(r"[A-Za-z0-9][\w.+-]*")
@@ -75,7 +80,7 @@ def output_stem(path: str, max_len: int = 80) -> str:
             parts.append(part)
             continue
         digest = hashlib.sha1(part.encode("utf-8", "surrogateescape")).hexdigest()[:8]
-        parts.append(f"{_UNSAFE.sub('_', part).strip('._')[: max_len - 9] or 'photo'}~{digest}")
+        parts.append(f"{_plain(part, max_len - 9)}~{digest}")
     return "/".join(parts) or "photo"
 
 

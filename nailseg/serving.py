@@ -1,9 +1,10 @@
 """What the app shares between requests: the model, visitors' results, scratch folders, uploads.
 
-* ``STORE``: the model in use, loaded in the background at start (the page answers first) and
-  switchable at run time by the owner.
-* ``SESSIONS``: each visitor's last segmented photo, kept at working size for redraws, bounded
-  in bytes (per photo, per client address and in total) and in time; no address evicts another's.
+* ``Shared``, made once per app by its builder and handed to the tabs: the model in use
+  (``ModelStore``: loaded in the background at start, the page answers first, and switchable at
+  run time by the owner), each visitor's last segmented photo (``SessionStore``: kept at working
+  size for redraws, bounded in bytes per photo, per client address and in total, and in time; no
+  address evicts another's) and the training run (``TrainingJobs``).
 * Scratch folders hold the files handed to Gradio (zips), which copies them into its own cache;
   ours go a minute later, at exit and on SIGTERM, and those of a process that died are removed
   at the next start.
@@ -27,7 +28,7 @@ import tempfile
 import threading
 import time
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
 
@@ -369,11 +370,24 @@ class SessionStore:
             del self._items[key]
 
 
-# What every request shares; made here, at no cost (nothing loads, nothing starts, until asked).
-STORE = ModelStore()
-JOBS = TrainingJobs()  # the Train tab's one training run
-# A working-size photo (<= 1600 px) and its nails take up to ~8 MB: 256 MB keep 30+ visitors, and
-# an address with many sessions (a script, an office behind one address) keeps 64 MB of them.
-SESSIONS = SessionStore(
-    max_item_bytes=32 * 1024**2, max_client_bytes=64 * 1024**2, max_total_bytes=256 * 1024**2, ttl_s=15 * 60
-)
+@dataclass
+class Shared:
+    """What every request of one app shares, made by the app's builder and handed to its tabs.
+
+    Making one costs nothing: nothing loads and nothing starts until asked. Tests make their own.
+
+    Attributes:
+        store: the model in use.
+        sessions: each visitor's last segmented photo. A working-size photo (<= 1600 px) and its
+            nails take up to ~8 MB: 256 MB keep 30+ visitors, and an address with many sessions (a
+            script, an office behind one address) keeps 64 MB of them.
+        jobs: the Train tab's one training run.
+    """
+
+    store: ModelStore = field(default_factory=ModelStore)
+    sessions: SessionStore = field(
+        default_factory=lambda: SessionStore(
+            max_item_bytes=32 * 1024**2, max_client_bytes=64 * 1024**2, max_total_bytes=256 * 1024**2, ttl_s=15 * 60
+        )
+    )
+    jobs: TrainingJobs = field(default_factory=TrainingJobs)

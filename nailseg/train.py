@@ -107,26 +107,53 @@ def build_config(
     """
     from mmengine.config import Config
 
-    for name, value in (("epochs", epochs), ("batch size", batch_size), ("learning rate", lr), ("minutes", minutes)):
-        if value is not None and not value > 0:  # 0 would otherwise mean "the config's own"
+    _check_numbers(epochs=epochs, batch_size=batch_size, lr=lr, minutes=minutes)
+    config, data = Path(config), Path(data).resolve()
+    cfg = Config.fromfile(str(config))
+    # mmdet's rule: the command line's, then the config's own, then work_dirs/<config name>.
+    cfg.work_dir = str(work_dir or cfg.get("work_dir") or Path("work_dirs") / config.stem)
+    n_annotated = _point_at_data(cfg, data)
+    if batch_size:
+        cfg.train_dataloader.batch_size = batch_size
+    if lr:
+        cfg.optim_wrapper.optimizer.lr = lr
+    # Every process takes its own batch_size photos per iteration (mmengine shards by rank).
+    _set_schedule(cfg, config, epochs, minutes, n_annotated / (cfg.train_dataloader.batch_size * world_size))
+    if _training_precision(precision) == "bf16":
+        cfg.optim_wrapper.type = "CpuBf16OptimWrapper"
+    if cfg_options:
+        cfg.merge_from_dict(cfg_options)
+    if load_from:
+        cfg.load_from = str(load_from)
+    if launcher:
+        configure(cfg, launcher)
+    _drop_unreachable_downloads(cfg)
+    return cfg
+
+
+def _check_numbers(**values: float | None) -> None:
+    """Each given number positive and finite (0 would otherwise mean "the config's own"); the lr at most ``MAX_LR``."""
+    for name, value in values.items():
+        name = name.replace("_", " ").replace("lr", "learning rate")
+        if value is not None and not value > 0:
             raise ValueError(f"{name} must be positive, got {value}")
         if value is not None and not math.isfinite(value):
             raise ValueError(f"{name} must be a finite number, got {value}")
-    if lr is not None and lr > MAX_LR:
-        raise ValueError(f"learning rate must be at most {MAX_LR:g}, got {lr}")
-    config, data = Path(config), Path(data).resolve()
+    if values.get("lr") is not None and values["lr"] > MAX_LR:
+        raise ValueError(f"learning rate must be at most {MAX_LR:g}, got {values['lr']}")
+
+
+def _point_at_data(cfg, data: Path) -> int:
+    """Point the config's loaders and evaluators at ``nailseg convert``'s output in ``data``; no
+    validation where it holds no validation photo. Returns the number of annotated training photos."""
     train_json, valid_json = data / "train.json", data / "valid.json"
     if not train_json.is_file():
         raise FileNotFoundError(f"{train_json} not found: run `nailseg convert ROOT --out {data}` first")
-    n_train, n_annotated, dataset_root = _count_images(train_json)
+    _, n_annotated, dataset_root = _count_images(train_json)
     if n_annotated == 0:
         raise ValueError(f"{train_json} has no annotated photo to train on")
     if not dataset_root or not Path(dataset_root).is_dir():
         raise FileNotFoundError(f"photos folder {dataset_root!r} recorded in {train_json} does not exist")
-
-    cfg = Config.fromfile(str(config))
-    # mmdet's rule: the command line's, then the config's own, then work_dirs/<config name>.
-    cfg.work_dir = str(work_dir or cfg.get("work_dir") or Path("work_dirs") / config.stem)
     for loader, ann in (
         ("train_dataloader", train_json),
         ("val_dataloader", valid_json),
@@ -139,16 +166,16 @@ def build_config(
         # Converted with --valid-fraction 0: train without validation.
         cfg.val_cfg = cfg.val_dataloader = cfg.val_evaluator = None
         cfg.test_cfg = cfg.test_dataloader = cfg.test_evaluator = None
-    if batch_size:
-        cfg.train_dataloader.batch_size = batch_size
-    if lr:
-        cfg.optim_wrapper.optimizer.lr = lr
+    return n_annotated
 
+
+def _set_schedule(cfg, config: Path, epochs: int | None, minutes: float | None, iters_per_epoch: float) -> None:
+    """``epochs`` passes (an iteration-based config's schedule stretched to match, at
+    ``iters_per_epoch``, rounded up), or ``minutes`` on the clock."""
     iter_based = cfg.train_cfg.get("type") == "IterBasedTrainLoop"
     if epochs:
         if iter_based:
-            # Every process takes its own batch_size photos per iteration (mmengine shards by rank).
-            per_epoch = math.ceil(n_annotated / (cfg.train_dataloader.batch_size * world_size))
+            per_epoch = math.ceil(iters_per_epoch)
             new = epochs * per_epoch
             _rescale_schedule(cfg, new / cfg.train_cfg.max_iters, by_epoch=False)
             cfg.train_cfg.max_iters = new
@@ -166,16 +193,6 @@ def build_config(
         cfg.custom_hooks = [*cfg.get("custom_hooks", []), dict(type="TimeBudgetHook", minutes=minutes)]
         if not epochs:
             cfg.train_cfg.max_iters = 10**9  # the clock ends it
-    if _training_precision(precision) == "bf16":
-        cfg.optim_wrapper.type = "CpuBf16OptimWrapper"
-    if cfg_options:
-        cfg.merge_from_dict(cfg_options)
-    if load_from:
-        cfg.load_from = str(load_from)
-    if launcher:
-        configure(cfg, launcher)
-    _drop_unreachable_downloads(cfg)
-    return cfg
 
 
 def _training_precision(requested: str | None) -> str:

@@ -332,13 +332,12 @@ def test_the_slider_shows_what_predict_shows_at_its_threshold(monkeypatch, score
     would show none)."""
     weights = ResolvedWeights(Path("span.safetensors"), Path("span.json"), "span.safetensors")
     model = SpanModel(None, None, weights, "cpu", 0.0, MaskDedup(), 0.5)
-    monkeypatch.setattr(segment, "STORE", SimpleNamespace(current=model, notice=""))
-    monkeypatch.setattr(segment, "SESSIONS", SessionStore(2**30, 2**30, 2**30, 60))
+    on = segment.SegmentHandlers(SimpleNamespace(current=model, notice=""), SessionStore(2**30, 2**30, 2**30, 60))
     image = np.zeros((60, 100, 3), np.uint8)
-    kept = segment.detect("hand.jpg", "hand", image, (100, 60))
-    key = segment.SESSIONS.put(kept, kept.nbytes)
+    kept = on.detect("hand.jpg", "hand", image, (100, 60))
+    key = on.sessions.put(kept, kept.nbytes)
     assert segment.render(kept, 0.5, segment.CROPS)[2] == model.predict(image, 0.5).to_records()
-    redrawn = segment.redraw(key, score_thr, 0.1, True, 224, "keep", False)[2]
+    redrawn = on.redraw(key, score_thr, 0.1, True, 224, "keep", False)[2]
     assert redrawn == model.predict(image, score_thr).to_records() and len(redrawn) == expected
 
 
@@ -489,9 +488,9 @@ def test_model_view_is_the_threshold_and_status_of_the_model_in_use(monkeypatch,
     other.with_suffix(".json").write_text(json.dumps(config))
     from nailseg.serving import ModelStore
 
-    monkeypatch.setattr(segment, "STORE", ModelStore())
-    segment.STORE.switch(str(other))
-    score_thr, status = segment.model_view()
+    on = segment.SegmentHandlers(ModelStore(), SessionStore(2**30, 2**30, 2**30, 60))
+    on.store.switch(str(other))
+    score_thr, status = on.model_view()
     assert score_thr == 0.6
     assert "other.safetensors" in status and "default score threshold 0.6" in status
 
@@ -508,3 +507,25 @@ def test_importing_the_app_s_modules_makes_and_removes_nothing(tmp_path):
     made = "from nailseg import serving; print(serving.scratch_dir().parent.parent)"
     run = subprocess.run([sys.executable, "-c", made], capture_output=True, text=True, env=env, timeout=120)
     assert run.stdout.strip() == str(tmp_path) and not stale.exists()  # the first answer's folder, the dead one gone
+
+
+def test_each_app_s_tabs_work_on_the_state_its_builder_hands_them(monkeypatch, tmp_path):
+    """Issue 22: the tabs' handlers read the model store, sessions and training run that
+    ``build_demo`` is given (no module globals): two apps in one process share none of them."""
+    import importlib
+
+    from nailseg.jobs import TrainingJobs
+    from nailseg.serving import Shared
+
+    monkeypatch.setenv("NAILSEG_CONVERTED_DIR", str(tmp_path))
+    monkeypatch.delitem(sys.modules, "app", raising=False)
+    app = importlib.import_module("app")
+    states = [Shared(jobs=TrainingJobs(tmp_path / f"jobs{k}")) for k in range(2)]
+    for shared in states:
+        fns = {f.api_name: f.fn for f in app.build_demo(shared).fns.values() if f.api_name}
+        handlers = {name: getattr(fn, "__self__", None) for name, fn in fns.items()}
+        for api_name in ("segment", "render", "segment_batch", "switch_weights"):
+            assert handlers[api_name].store is shared.store and handlers[api_name].sessions is shared.sessions
+        for api_name in ("train_start", "train_status", "train_use_model", "train_push"):
+            assert handlers[api_name].jobs is shared.jobs and handlers[api_name].store is shared.store
+    assert states[0].store is not states[1].store and states[0].sessions is not states[1].sessions

@@ -18,6 +18,7 @@ from support import REPO, convert_test_photos, load_bench
 from nailseg import cli, distributed
 from nailseg.jobs import STATE_NAME, TrainingJobs, TrainRequest, _alive
 from nailseg.paths import DEFAULT_CONFIG
+from nailseg.serving import ModelStore
 from nailseg.tabs import train as tab
 from nailseg.train import build_config
 
@@ -224,14 +225,15 @@ def test_start_passes_the_gpus_on(tmp_path, monkeypatch, tiny, gpus, asked, npro
     monkeypatch.setattr(tab, "gpu_count", lambda: gpus)
     monkeypatch.setattr(tab, "data_roots", lambda: (tiny.parent,))
     started = []
-    monkeypatch.setattr(tab.JOBS, "start", lambda request: started.append(request) or tab.JobStatus())
+    on = tab.TrainHandlers(ModelStore(), TrainingJobs(tmp_path / "jobs"))
+    monkeypatch.setattr(on.jobs, "start", lambda request: started.append(request) or tab.JobStatus())
     args = (next(iter(tab.CONFIGS)), tiny.name, None, None, 2, None, "")
     if asked > max(1, gpus):
         with pytest.raises(gr.Error, match="GPUs must be"):
-            tab.start(*args, **OWNER, gpus=asked)
+            on.start(*args, **OWNER, gpus=asked)
         assert started == []
     else:
-        tab.start(*args, **OWNER, gpus=asked)
+        on.start(*args, **OWNER, gpus=asked)
         assert started[0].nproc == nproc
 
 

@@ -11,9 +11,9 @@ import pytest
 from support import DATA as TINY_DATA
 from support import convert_test_photos
 
-import nailseg.serving
 from nailseg.evaluate import SWEEP
 from nailseg.jobs import JobStatus, TrainingJobs
+from nailseg.serving import ModelStore
 from nailseg.tabs import train as tab
 
 OWNER = {"request": None, "profile": None}  # a private server: whoever opens the page is its owner
@@ -132,14 +132,14 @@ def test_overrides_refused(text, message):
     ],
 )
 def test_start_refuses_bad_input(tmp_path, monkeypatch, data, start_from, message):
-    monkeypatch.setattr(tab, "JOBS", TrainingJobs(tmp_path / "jobs"))
+    on = tab.TrainHandlers(ModelStore(), TrainingJobs(tmp_path / "jobs"))
     monkeypatch.setattr(tab, "data_roots", lambda: (tmp_path / "converted",))
     (tmp_path / "converted" / "mine").mkdir(parents=True)
     (tmp_path / "converted" / "mine" / "train.json").write_text("{}")
     data = "mine" if data == "CONVERTED" else data
     with pytest.raises(gr.Error, match=message):
-        tab.start(next(iter(tab.CONFIGS)), data, start_from, None, 2, None, "", **OWNER)
-    assert tab.JOBS.status().state == "idle"
+        on.start(next(iter(tab.CONFIGS)), data, start_from, None, 2, None, "", **OWNER)
+    assert on.jobs.status().state == "idle"
 
 
 def test_export_refuses_without_a_finished_run():
@@ -156,17 +156,16 @@ def test_train_export_and_use_through_the_tab(tmp_path, monkeypatch):
 
     data = tmp_path / "tiny"
     convert_test_photos(data)
-    monkeypatch.setattr(tab, "JOBS", TrainingJobs(tmp_path / "jobs"))
-    monkeypatch.setattr(tab, "STORE", nailseg.serving.ModelStore())
+    on = tab.TrainHandlers(ModelStore(), TrainingJobs(tmp_path / "jobs"))
     monkeypatch.setattr(tab, "data_roots", lambda: (tmp_path,))
-    view = tab.start(
+    view = on.start(
         next(iter(tab.CONFIGS)), "tiny", tab.FROM_BUNDLED, 1, 2, None, "default_hooks.logger.interval=1", **OWNER
     )
     assert "running" in view[0]
     deadline = time.monotonic() + 600
-    while tab.JOBS.status().running and time.monotonic() < deadline:
+    while on.jobs.status().running and time.monotonic() < deadline:
         time.sleep(2)
-    progress, summary, curve, log, start_btn, stop_btn, finished = tab.poll(**OWNER)
+    progress, summary, curve, log, start_btn, stop_btn, finished = on.poll(**OWNER)
     assert "finished: iteration 2 / 2" in progress, log
     assert "Validation AP" in summary
     assert list(curve["iter"]) == [1, 2]
@@ -174,21 +173,21 @@ def test_train_export_and_use_through_the_tab(tmp_path, monkeypatch):
 
     import zipfile
 
-    assert "--load-from" in tab.JOBS.status().argv  # it started from the bundled model
-    archive = tab.download(**OWNER)
+    assert "--load-from" in on.jobs.status().argv  # it started from the bundled model
+    archive = on.download(**OWNER)
     assert sorted(zipfile.ZipFile(archive).namelist()) == [
         "mask-rcnn_effilite0_fpn-128_nails.json",
         "mask-rcnn_effilite0_fpn-128_nails.safetensors",
     ]
-    assert any(label.startswith("run ") for label in tab.start_choices())  # the next run may start from it
+    assert any(label.startswith("run ") for label in on.start_choices())  # the next run may start from it
     # The export's default threshold was chosen by F1 on the run's validation photos, not guessed.
     config = json.loads(zipfile.ZipFile(archive).read("mask-rcnn_effilite0_fpn-128_nails.json"))
     chosen = config["model"]["test_cfg"]["rcnn"]["default_score_thr"]
     assert chosen in SWEEP
-    message = tab.use_model(**OWNER)
+    message = on.use_model(**OWNER)
     assert "mask-rcnn_effilite0_fpn-128_nails.safetensors" in message
     assert f"default score threshold {chosen:g}" in message
-    model = tab.STORE.current
+    model = on.store.current
     assert model.weights.source.endswith("export/mask-rcnn_effilite0_fpn-128_nails.safetensors")
     photo = load_image_rgb(sorted((TINY_DATA / "images").glob("*.jpg"))[0])
     nails = model.predict(photo, 0.0)

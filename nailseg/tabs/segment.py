@@ -5,7 +5,8 @@ made. Moving the score threshold or changing the crop options redraws from them 
 without a model run, through :func:`nailseg.dedup.shown_nails` (the threshold, then duplicate
 suppression), so the page shows at every threshold what ``predict`` shows at it. The app works on
 photos shrunk to ``WORK_SIDE`` (what the model sees anyway); ``nailseg predict`` keeps the full
-resolution. What a visitor's session keeps is bounded (see :data:`nailseg.serving.SESSIONS`).
+resolution. What a visitor's session keeps is bounded (:class:`nailseg.serving.SessionStore`).
+The handlers (:class:`SegmentHandlers`) work on the model store and sessions the app hands them.
 """
 
 from __future__ import annotations
@@ -28,8 +29,8 @@ from nailseg.images import ImageError, exif_size, load_image_rgb
 from nailseg.inference import MAX_INFERENCE_SIDE
 from nailseg.result import Nails
 from nailseg.serving import (
-    SESSIONS,
-    STORE,
+    ModelStore,
+    SessionStore,
     Upload,
     code,
     number,
@@ -156,32 +157,6 @@ def read_photo(upload: Upload) -> tuple[np.ndarray, tuple[int, int]]:
         raise gr.Error(f"Cannot use {code(upload.name)}: {err}.") from None
 
 
-def detect(name: str, stem: str, image_rgb: np.ndarray, original_size: tuple[int, int]) -> SegmentedPhoto:
-    """Run the model in use once on a working-size photo, keeping every detection it makes."""
-    try:
-        model = STORE.current
-    except WeightsError as err:
-        raise gr.Error(str(err)) from None
-    start = time.perf_counter()
-    detections, to_photo = model.detect(image_rgb)
-    seconds = time.perf_counter() - start
-    return SegmentedPhoto(
-        name,
-        stem,
-        image_rgb,
-        original_size,
-        detections.boxes_xyxy,
-        detections.scores,
-        packed_rles(detections),
-        detections.image_size,
-        model.dedup,
-        to_photo,
-        seconds,
-        weights_name(model.weights.source),
-        STORE.notice,
-    )
-
-
 def render(photo: SegmentedPhoto | None, score_thr: float, options: draw.CropOptions):
     """Everything the tab shows for a segmented photo at a score threshold and crop options.
 
@@ -220,91 +195,6 @@ def nail_row(record: dict) -> str:
     return f"| {record['number']} | {record['score']:.3f} | {box} | {record['area']} |"
 
 
-def segment(
-    payload: dict | None,
-    score_thr,
-    options: draw.CropOptions,
-    key: str | None,
-    request: gr.Request,
-    progress=gr.Progress(),
-):
-    """The ``segment`` API: one photo and a score threshold in; see :func:`render` for what comes out.
-
-    Its inputs arrive as sent (the event runs with ``preprocess=False``: :func:`uploaded_photo`).
-    """
-    upload = uploaded_photo(payload)
-    if not upload:
-        raise gr.Error("Add a photo first (drop, paste, pick or take one).")
-    score_thr = number(score_thr, "Score threshold", 0, 1)
-    if not STORE.ready:
-        progress(0, desc="Loading the model (only the first photo after a start waits for it)…")
-    image_rgb, original_size = read_photo(upload)
-    photo = detect(upload.name, safe_stem(upload.name), image_rgb, original_size)
-    shown, key = render_and_keep(photo, score_thr, options, key, request)
-    return (*shown, key)
-
-
-def redraw(key: str | None, score_thr, margin, square, size, background, align):
-    """Redraw the visitor's photo for a new threshold or crop options, from its kept detections."""
-    options = crop_options(margin, square, size, background, align)
-    score_thr = number(score_thr, "Score threshold", 0, 1)
-    photo = SESSIONS.get(key)
-    if photo is None and key is not None:
-        raise gr.Error("This photo is no longer kept on the server: press Segment again.")
-    return (*render(photo, score_thr, options), options, key)
-
-
-def render_and_keep(
-    photo: SegmentedPhoto, score_thr: float, options: draw.CropOptions, key: str | None, request: gr.Request
-):
-    """:func:`render`'s outputs, and the photo kept for redraws under ``key`` (None: not kept, and the
-    status line says so) within the share of the request's client address."""
-    key = SESSIONS.put(photo, photo.nbytes, key, access.client_address(request))
-    *shown, status = render(photo, score_thr, options)
-    return (*shown, status if key else status + NOT_KEPT), key
-
-
-def segment_batch(payload: list | None, score_thr, margin, square, size, background, align) -> tuple[str, str]:
-    """Several photos in; one zip out and a summary.
-
-    The zip holds a folder per photo and ``predictions.json``, ``crops.csv`` (pixels of the photos
-    at working size), and the pre-labels ``annotations.json`` and ``labels/`` at the size each photo
-    was uploaded, named as uploaded (a repeated name numbered: :func:`~nailseg.files.unique_names`).
-    Its inputs arrive as sent (the event runs with ``preprocess=False``): each file is checked by
-    :func:`~nailseg.serving.uploaded_file`, and one that is refused ends the request.
-    """
-    if not payload:
-        raise gr.Error("Add one or more photos first.")
-    payload = payload if isinstance(payload, list) else [payload]
-    if len(payload) > MAX_BATCH:
-        raise gr.Error(f"At most {MAX_BATCH} photos at once ({len(payload)} given).")
-    uploads = [uploaded_file(file) for file in payload]
-    options = crop_options(margin, square, size, background, align)
-    score_thr = number(score_thr, "Score threshold", 0, 1)
-    out = scratch_dir()
-    results, rows, lines, labelled = [], [], [], []
-    names = [u.name for u in uploads]
-    label_names = unique_names(names)
-    photos = zip(uploads, names, [output_stem(n) for n in label_names], label_names)
-    for image_id, (upload, name, stem, label_name) in enumerate(photos, start=1):
-        try:
-            image_rgb, original_size = read_photo(upload)
-        except gr.Error as err:
-            lines.append(f"- skipped: {err.message}")
-            continue
-        nails = detect(name, stem, image_rgb, original_size).nails(score_thr)
-        saved = outputs.save_photo(out / "nails" / stem, stem, image_rgb, nails, options, masks=True, photo=name)
-        rows += [{**r, "crop": f"{stem}/{r['crop']}", "cutout": f"{stem}/{r['cutout']}"} for r in saved.crop_rows]
-        results += outputs.photo_results(nails, image_id, name)
-        labelled.append(uploaded_size_labels(label_name, nails, original_size))
-        renamed = f" (labelled as {code(label_name)}: an earlier photo has its name)" if label_name != name else ""
-        lines.append(f"- {code(name)}: {len(nails) or 'no'} nail(s){renamed}")
-    outputs.write_predictions(out / "nails", results)
-    outputs.write_crops_csv(out / "nails", rows)
-    outputs.write_labels(out / "nails", labelled, yolo=True)
-    return str(write_zip(out / "nails", out / "nails_batch.zip")), "\n".join(lines)
-
-
 def uploaded_size_labels(file_name: str, nails: Nails, original_size: tuple[int, int]) -> outputs.PhotoLabels:
     """A photo's pre-labels at the size it was uploaded (``(width, height)``): the working-size
     masks scaled back one at a time, as ``nailseg predict`` scales the model's back to a photo."""
@@ -313,50 +203,195 @@ def uploaded_size_labels(file_name: str, nails: Nails, original_size: tuple[int,
     return outputs.photo_labels(file_name, width, height, masks, nails.scores)
 
 
-def switch_weights(spec: str, request: gr.Request, profile: gr.OAuthProfile | None) -> str:
-    """Load other weights for every later request (the owner's); the message says which are in use."""
-    access.require_owner(request, profile, "Loading other weights")
-    try:
-        return STORE.switch(spec or "")
-    except WeightsError as err:
-        raise gr.Error(f"Weights not loaded: {err}") from None
+class SegmentHandlers:
+    """The tab's events, over the model in use and the visitors' kept photos they are given."""
+
+    def __init__(self, store: ModelStore, sessions: SessionStore) -> None:
+        self.store = store
+        self.sessions = sessions
+
+    def detect(self, name: str, stem: str, image_rgb: np.ndarray, original_size: tuple[int, int]) -> SegmentedPhoto:
+        """Run the model in use once on a working-size photo, keeping every detection it makes."""
+        try:
+            model = self.store.current
+        except WeightsError as err:
+            raise gr.Error(str(err)) from None
+        start = time.perf_counter()
+        detections, to_photo = model.detect(image_rgb)
+        seconds = time.perf_counter() - start
+        return SegmentedPhoto(
+            name,
+            stem,
+            image_rgb,
+            original_size,
+            detections.boxes_xyxy,
+            detections.scores,
+            packed_rles(detections),
+            detections.image_size,
+            model.dedup,
+            to_photo,
+            seconds,
+            weights_name(model.weights.source),
+            self.store.notice,
+        )
+
+    def segment(
+        self,
+        payload: dict | None,
+        score_thr,
+        options: draw.CropOptions,
+        key: str | None,
+        request: gr.Request,
+        progress=gr.Progress(),
+    ):
+        """The ``segment`` API: one photo and a score threshold in; see :func:`render` for what comes out.
+
+        Its inputs arrive as sent (the event runs with ``preprocess=False``: :func:`uploaded_photo`).
+        """
+        upload = uploaded_photo(payload)
+        if not upload:
+            raise gr.Error("Add a photo first (drop, paste, pick or take one).")
+        score_thr = number(score_thr, "Score threshold", 0, 1)
+        if not self.store.ready:
+            progress(0, desc="Loading the model (only the first photo after a start waits for it)…")
+        image_rgb, original_size = read_photo(upload)
+        photo = self.detect(upload.name, safe_stem(upload.name), image_rgb, original_size)
+        shown, key = self.render_and_keep(photo, score_thr, options, key, request)
+        return (*shown, key)
+
+    def redraw(self, key: str | None, score_thr, margin, square, size, background, align):
+        """Redraw the visitor's photo for a new threshold or crop options, from its kept detections."""
+        options = crop_options(margin, square, size, background, align)
+        score_thr = number(score_thr, "Score threshold", 0, 1)
+        photo = self.sessions.get(key)
+        if photo is None and key is not None:
+            raise gr.Error("This photo is no longer kept on the server: press Segment again.")
+        return (*render(photo, score_thr, options), options, key)
+
+    def render_and_keep(
+        self, photo: SegmentedPhoto, score_thr: float, options: draw.CropOptions, key: str | None, request: gr.Request
+    ):
+        """:func:`render`'s outputs, and the photo kept for redraws under ``key`` (None: not kept, and the
+        status line says so) within the share of the request's client address."""
+        key = self.sessions.put(photo, photo.nbytes, key, access.client_address(request))
+        *shown, status = render(photo, score_thr, options)
+        return (*shown, status if key else status + NOT_KEPT), key
+
+    def segment_batch(
+        self, payload: list | None, score_thr, margin, square, size, background, align
+    ) -> tuple[str, str]:
+        """Several photos in; one zip out and a summary.
+
+        The zip holds a folder per photo and ``predictions.json``, ``crops.csv`` (pixels of the photos
+        at working size), and the pre-labels ``annotations.json`` and ``labels/`` at the size each photo
+        was uploaded, named as uploaded (a repeated name numbered: :func:`~nailseg.files.unique_names`).
+        Its inputs arrive as sent (the event runs with ``preprocess=False``): each file is checked by
+        :func:`~nailseg.serving.uploaded_file`, and one that is refused ends the request.
+        """
+        if not payload:
+            raise gr.Error("Add one or more photos first.")
+        payload = payload if isinstance(payload, list) else [payload]
+        if len(payload) > MAX_BATCH:
+            raise gr.Error(f"At most {MAX_BATCH} photos at once ({len(payload)} given).")
+        uploads = [uploaded_file(file) for file in payload]
+        options = crop_options(margin, square, size, background, align)
+        score_thr = number(score_thr, "Score threshold", 0, 1)
+        out = scratch_dir()
+        results, rows, lines, labelled = [], [], [], []
+        names = [u.name for u in uploads]
+        label_names = unique_names(names)
+        photos = zip(uploads, names, [output_stem(n) for n in label_names], label_names)
+        for image_id, (upload, name, stem, label_name) in enumerate(photos, start=1):
+            try:
+                image_rgb, original_size = read_photo(upload)
+            except gr.Error as err:
+                lines.append(f"- skipped: {err.message}")
+                continue
+            nails = self.detect(name, stem, image_rgb, original_size).nails(score_thr)
+            saved = outputs.save_photo(out / "nails" / stem, stem, image_rgb, nails, options, masks=True, photo=name)
+            rows += [{**r, "crop": f"{stem}/{r['crop']}", "cutout": f"{stem}/{r['cutout']}"} for r in saved.crop_rows]
+            results += outputs.photo_results(nails, image_id, name)
+            labelled.append(uploaded_size_labels(label_name, nails, original_size))
+            renamed = f" (labelled as {code(label_name)}: an earlier photo has its name)" if label_name != name else ""
+            lines.append(f"- {code(name)}: {len(nails) or 'no'} nail(s){renamed}")
+        outputs.write_predictions(out / "nails", results)
+        outputs.write_crops_csv(out / "nails", rows)
+        outputs.write_labels(out / "nails", labelled, yolo=True)
+        return str(write_zip(out / "nails", out / "nails_batch.zip")), "\n".join(lines)
+
+    def switch_weights(self, spec: str, request: gr.Request, profile: gr.OAuthProfile | None) -> str:
+        """Load other weights for every later request (the owner's); the message says which are in use."""
+        access.require_owner(request, profile, "Loading other weights")
+        try:
+            return self.store.switch(spec or "")
+        except WeightsError as err:
+            raise gr.Error(f"Weights not loaded: {err}") from None
+
+    def model_view(self) -> tuple[float, str]:
+        """What the tab shows of the model in use: its default threshold (the slider) and the status line."""
+        return self.store.score_thr(), self.store.status()
 
 
-def model_view() -> tuple[float, str]:
-    """What the tab shows of the model in use: its default threshold (the slider) and the status line."""
-    return STORE.score_thr(), STORE.status()
+@dataclass
+class SegmentUI:
+    """The tab's components that its events read or write."""
+
+    photo: gr.Image
+    score: gr.Slider
+    button: gr.Button
+    margin: gr.Slider
+    square: gr.Checkbox
+    size: gr.Number
+    background: gr.Radio
+    align: gr.Checkbox
+    status: gr.Markdown
+    overlay: gr.Image
+    download: gr.File
+    gallery: gr.Gallery
+    table: gr.Markdown
+    records: gr.JSON
+    batch_files: gr.File
+    batch_button: gr.Button
+    batch_zip: gr.File
+    batch_summary: gr.Markdown
+    weights: gr.Textbox
+    weights_button: gr.Button
+    weights_status: gr.Markdown
+
+    @property
+    def crop_fields(self) -> list:
+        return [self.margin, self.square, self.size, self.background, self.align]
+
+    @property
+    def shown(self) -> list:
+        """What :func:`render` fills, in its order."""
+        return [self.overlay, self.table, self.records, self.gallery, self.download, self.status]
 
 
-def segment_tab(examples: list[str]) -> Callable[[Dependency], None]:
-    """Build the tab's components and events inside the current ``gr.Tab``.
+def crop_option_fields() -> tuple[gr.Slider, gr.Checkbox, gr.Number, gr.Radio, gr.Checkbox]:
+    """The crop options' fields (margin, square, size, background, align) at the tab's defaults."""
+    margin = gr.Slider(0.0, 1.0, value=CROPS.margin, step=0.05, label="Margin (fraction of the box's longer side)")
+    square = gr.Checkbox(value=CROPS.square, label="Square (pad to a square)")
+    size = gr.Number(
+        value=CROPS.size, precision=0, minimum=0, maximum=MAX_CROP_SIZE, label="Output size (px, 0 = as cut)"
+    )
+    background = gr.Radio(BACKGROUNDS, value="keep", label="Background in box crops")
+    align = gr.Checkbox(value=CROPS.align, label="Align: long axis vertical, tip up where it can be told")
+    return margin, square, size, background, align
 
-    Returns ``follow_model(event)``: after ``event`` (another tab's) has loaded other weights, the
-    slider moves to their threshold and the status line names them, as after this tab's own loading.
-    """
-    options_state = gr.State(CROPS)
-    session = gr.State(None)  # a key into SESSIONS: what is kept is bounded there, not here
+
+def segment_layout(examples: list[str], store: ModelStore) -> SegmentUI:
+    """The tab's components, inside the current ``gr.Tab``."""
     with gr.Row():
         with gr.Column():
             photo = gr.Image(
                 type="filepath", label="Photo", sources=["upload", "clipboard", "webcam"], height=360, elem_id="photo"
             )
             # The model's own default threshold, read again at every page load (the owner may switch models).
-            score = gr.Slider(0.05, 1.0, value=STORE.score_thr, step=0.01, label="Score threshold", elem_id="score")
+            score = gr.Slider(0.05, 1.0, value=store.score_thr, step=0.01, label="Score threshold", elem_id="score")
             button = gr.Button("Segment", variant="primary")
             with gr.Accordion("Crop options (for a classifier)", open=False):
-                margin = gr.Slider(
-                    0.0, 1.0, value=CROPS.margin, step=0.05, label="Margin (fraction of the box's longer side)"
-                )
-                square = gr.Checkbox(value=CROPS.square, label="Square (pad to a square)")
-                size = gr.Number(
-                    value=CROPS.size,
-                    precision=0,
-                    minimum=0,
-                    maximum=MAX_CROP_SIZE,
-                    label="Output size (px, 0 = as cut)",
-                )
-                background = gr.Radio(BACKGROUNDS, value="keep", label="Background in box crops")
-                align = gr.Checkbox(value=CROPS.align, label="Align: long axis vertical, tip up where it can be told")
+                fields = crop_option_fields()
             gr.Examples(examples, inputs=photo, elem_id="examples")
         with gr.Column():
             status = gr.Markdown("Add a photo and press **Segment**.", elem_id="segment-status")
@@ -384,43 +419,63 @@ def segment_tab(examples: list[str]) -> Callable[[Dependency], None]:
             elem_id="weights-spec",
         )
         weights_button = gr.Button("Load weights for everyone")
-        weights_status = gr.Markdown(STORE.status(), elem_id="weights-status")
+        weights_status = gr.Markdown(store.status(), elem_id="weights-status")
         if access.is_public():
             gr.Markdown(f"This server is public: loading weights is for its owner. {access.how_to_be_owner()}")
+    return SegmentUI(
+        photo, score, button, *fields, status, overlay, download, gallery, table, records,
+        batch_files, batch_button, batch_zip, batch_summary, weights, weights_button, weights_status,
+    )  # fmt: skip
 
-    shown = [overlay, table, records, gallery, download, status]
+
+def segment_tab(examples: list[str], store: ModelStore, sessions: SessionStore) -> Callable[[Dependency], None]:
+    """Build the tab's components and events inside the current ``gr.Tab``, over the app's model
+    store and sessions.
+
+    Returns ``follow_model(event)``: after ``event`` (another tab's) has loaded other weights, the
+    slider moves to their threshold and the status line names them, as after this tab's own loading.
+    """
+    on = SegmentHandlers(store, sessions)
+    ui = segment_layout(examples, store)
+    options_state = gr.State(CROPS)
+    session = gr.State(None)  # a key into the SessionStore: what is kept is bounded there, not here
     # A visitor's inputs reach these handlers as sent (preprocess=False): each handler checks them
     # itself, files by serving.uploaded_file, numbers by serving.number.
-    button.click(
-        segment,
-        [photo, score, options_state, session],
-        [*shown, session],
+    ui.button.click(
+        on.segment,
+        [ui.photo, ui.score, options_state, session],
+        [*ui.shown, session],
         api_name="segment",
         concurrency_limit=2,
         preprocess=False,
     )
+    redrawn_by = [ui.score.release, ui.margin.release, *(f.change for f in ui.crop_fields[1:])]
     gr.on(
-        [score.release, margin.release, square.change, size.change, background.change, align.change],
-        redraw,
-        [session, score, margin, square, size, background, align],
-        [*shown, options_state, session],
+        redrawn_by,
+        on.redraw,
+        [session, ui.score, *ui.crop_fields],
+        [*ui.shown, options_state, session],
         api_name="render",
         preprocess=False,
     )
-    batch_button.click(
-        segment_batch,
-        [batch_files, score, margin, square, size, background, align],
-        [batch_zip, batch_summary],
+    ui.batch_button.click(
+        on.segment_batch,
+        [ui.batch_files, ui.score, *ui.crop_fields],
+        [ui.batch_zip, ui.batch_summary],
         api_name="segment_batch",
         concurrency_limit=1,
         preprocess=False,
     )
-    status.change(STORE.status, None, weights_status, api_visibility="private", show_progress="hidden")
+    ui.status.change(store.status, None, ui.weights_status, api_visibility="private", show_progress="hidden")
 
     def follow_model(event: Dependency) -> None:
-        event.success(model_view, None, [score, weights_status], api_visibility="private", show_progress="hidden")
+        event.success(
+            on.model_view, None, [ui.score, ui.weights_status], api_visibility="private", show_progress="hidden"
+        )
 
     follow_model(
-        weights_button.click(switch_weights, weights, weights_status, api_name="switch_weights", concurrency_limit=1)
+        ui.weights_button.click(
+            on.switch_weights, ui.weights, ui.weights_status, api_name="switch_weights", concurrency_limit=1
+        )
     )
     return follow_model

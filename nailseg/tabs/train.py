@@ -17,6 +17,7 @@ from __future__ import annotations
 import datetime as dt
 import shlex
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -26,9 +27,9 @@ import pandas as pd
 from nailseg import access
 from nailseg.distributed import gpu_count
 from nailseg.files import write_zip
-from nailseg.jobs import JobError, JobStatus, TrainRequest
+from nailseg.jobs import JobError, JobStatus, TrainingJobs, TrainRequest
 from nailseg.paths import BUNDLED_WEIGHTS, CONFIG_DIR, DEFAULT_CONFIG, converted_root
-from nailseg.serving import JOBS, STORE, code, number, scratch_dir
+from nailseg.serving import ModelStore, code, number, scratch_dir
 
 if TYPE_CHECKING:
     from gradio.events import Dependency
@@ -66,15 +67,6 @@ def data_choices(roots: tuple[Path, ...] | None = None) -> dict[str, Path]:
     roots = data_roots() if roots is None else roots
     found = [p.parent for root in roots if root.is_dir() for p in root.glob("*/train.json")]
     return {p.name: p for p in sorted(found, key=lambda p: p.stat().st_mtime, reverse=True)}
-
-
-def start_choices() -> dict[str, Path | None]:
-    """Weights a training may start from, by label: the config's own, the bundled model, earlier runs."""
-    choices: dict[str, Path | None] = {FROM_CONFIG: None, FROM_BUNDLED: BUNDLED_WEIGHTS}
-    for run in JOBS.runs():
-        for weights in sorted((run / EXPORT_DIR).glob("*.safetensors")):
-            choices[f"run {run.name}"] = weights
-    return choices
 
 
 def parse_overrides(text: str) -> tuple[str, ...]:
@@ -227,129 +219,174 @@ def _view(status: JobStatus, allowed: bool = True):
     )
 
 
-def poll(request: gr.Request, profile: gr.OAuthProfile | None):
-    """Timer tick: the job's state, read from its files (cheap); only the owner sees it."""
-    return _view(JOBS.status(), access.is_owner(request, profile))
+class TrainHandlers:
+    """The tab's events, over the app's training run and the model in use they are given."""
 
+    def __init__(self, store: ModelStore, jobs: TrainingJobs) -> None:
+        self.store = store
+        self.jobs = jobs
 
-def start(
-    config_label: str,
-    data: str,
-    start_from: str,
-    epochs,
-    batch_size,
-    lr,
-    overrides: str,
-    request: gr.Request,
-    profile: gr.OAuthProfile | None,
-    gpus=None,
-):
-    """Start a training with the form's values; empty or 0 fields keep the config's own.
+    def start_choices(self) -> dict[str, Path | None]:
+        """Weights a training may start from, by label: the config's own, the bundled model, earlier runs."""
+        choices: dict[str, Path | None] = {FROM_CONFIG: None, FROM_BUNDLED: BUNDLED_WEIGHTS}
+        for run in self.jobs.runs():
+            for weights in sorted((run / EXPORT_DIR).glob("*.safetensors")):
+                choices[f"run {run.name}"] = weights
+        return choices
 
-    ``gpus`` above 1 runs ``nailseg train --nproc`` (one process per GPU, through torchrun).
-    """
-    access.require_owner(request, profile, "Training")
-    folders = data_choices()
-    if data not in folders:
-        raise gr.Error("Pick a converted dataset from the list (Dataset tab with 'keep', or `nailseg convert`).")
-    if config_label not in CONFIGS:
-        raise gr.Error("Pick a model from the list.")
-    starts = start_choices()
-    if (start_from or FROM_CONFIG) not in starts:
-        raise gr.Error("Pick the weights to start from in the list.")
-    weights = starts[start_from or FROM_CONFIG]
-    epochs = int(number(epochs or 0, "Epochs", 0, 10_000))
-    batch_size = int(number(batch_size or 0, "Batch size", 0, 256))
-    lr = number(lr or 0, "Learning rate", 0, 1)
-    gpus = int(number(gpus or 1, "GPUs", 1, max(1, gpu_count())))
-    config = CONFIGS[config_label]
-    request_ = TrainRequest(
-        data=str(folders[data]),
-        work_dir=str(JOBS.new_work_dir(config)),
-        config=str(config),
-        epochs=epochs or None,
-        batch_size=batch_size or None,
-        lr=lr or None,
-        cfg_options=parse_overrides(overrides),
-        load_from=str(weights) if weights else None,
-        nproc=gpus if gpus > 1 else None,
-    )
-    try:
-        return _view(JOBS.start(request_))
-    except JobError as err:
-        raise gr.Error(str(err)) from None
+    def poll(self, request: gr.Request, profile: gr.OAuthProfile | None):
+        """Timer tick: the job's state, read from its files (cheap); only the owner sees it."""
+        return _view(self.jobs.status(), access.is_owner(request, profile))
 
+    def start(
+        self,
+        config_label: str,
+        data: str,
+        start_from: str,
+        epochs,
+        batch_size,
+        lr,
+        overrides: str,
+        request: gr.Request,
+        profile: gr.OAuthProfile | None,
+        gpus=None,
+    ):
+        """Start a training with the form's values; empty or 0 fields keep the config's own.
 
-def stop(request: gr.Request, profile: gr.OAuthProfile | None):
-    """Stop the running training (SIGTERM, then SIGKILL); its checkpoints stay."""
-    access.require_owner(request, profile, "Stopping the training")
-    return _view(JOBS.stop())
-
-
-def download(request: gr.Request, profile: gr.OAuthProfile | None) -> str:
-    """The exported weights and config, zipped (a copy in the app's scratch space, for Gradio)."""
-    access.require_owner(request, profile, "Exporting the weights")
-    archive = export_checkpoint(JOBS.status())[1]
-    copy = scratch_dir() / access.owner_file_name(archive.name)  # Gradio serves it to the owner only
-    shutil.copyfile(archive, copy)
-    return str(copy)
-
-
-def use_model(request: gr.Request, profile: gr.OAuthProfile | None) -> str:
-    """Load the run's exported weights into the Segment tab, without a restart."""
-    from nailseg.weights import WeightsError
-
-    access.require_owner(request, profile, "Loading other weights")
-    weights, _ = export_checkpoint(JOBS.status())
-    try:
-        return STORE.switch(str(weights))
-    except WeightsError as err:
-        raise gr.Error(str(err)) from None
-
-
-def push(repo_id: str, token: str, private: bool, request: gr.Request, profile: gr.OAuthProfile | None) -> str:
-    """Upload the run's exported weights, config and a model card to a Hub model repo.
-
-    The token is the one typed, else ``$HF_TOKEN`` (e.g. a Space secret); it never appears in a message.
-    """
-    from nailseg.hub import HubRefused
-    from nailseg.publish import push_model
-    from nailseg.weights import WeightsError
-
-    access.require_owner(request, profile, "Pushing to the Hub")
-    repo_id = (repo_id or "").strip()
-    if repo_id.count("/") != 1 or not all(repo_id.split("/")):
-        raise gr.Error("The repo id must be OWNER/NAME.")
-    status = JOBS.status()
-    weights, _ = export_checkpoint(status)
-    try:
-        result = push_model(
-            repo_id, weights, token=(token or "").strip() or None, private=bool(private), metrics=status.metrics
+        ``gpus`` above 1 runs ``nailseg train --nproc`` (one process per GPU, through torchrun).
+        """
+        access.require_owner(request, profile, "Training")
+        folders = data_choices()
+        if data not in folders:
+            raise gr.Error("Pick a converted dataset from the list (Dataset tab with 'keep', or `nailseg convert`).")
+        if config_label not in CONFIGS:
+            raise gr.Error("Pick a model from the list.")
+        starts = self.start_choices()
+        if (start_from or FROM_CONFIG) not in starts:
+            raise gr.Error("Pick the weights to start from in the list.")
+        weights = starts[start_from or FROM_CONFIG]
+        epochs = int(number(epochs or 0, "Epochs", 0, 10_000))
+        batch_size = int(number(batch_size or 0, "Batch size", 0, 256))
+        lr = number(lr or 0, "Learning rate", 0, 1)
+        gpus = int(number(gpus or 1, "GPUs", 1, max(1, gpu_count())))
+        config = CONFIGS[config_label]
+        request_ = TrainRequest(
+            data=str(folders[data]),
+            work_dir=str(self.jobs.new_work_dir(config)),
+            config=str(config),
+            epochs=epochs or None,
+            batch_size=batch_size or None,
+            lr=lr or None,
+            cfg_options=parse_overrides(overrides),
+            load_from=str(weights) if weights else None,
+            nproc=gpus if gpus > 1 else None,
         )
-    except (HubRefused, WeightsError) as err:  # HubUnreachable included
-        raise gr.Error(str(err)) from None
-    return f"Pushed: {result.commit_url}. Load it anywhere with {code('NAILSEG_WEIGHTS=' + result.spec)}."
+        try:
+            return _view(self.jobs.start(request_))
+        except JobError as err:
+            raise gr.Error(str(err)) from None
+
+    def stop(self, request: gr.Request, profile: gr.OAuthProfile | None):
+        """Stop the running training (SIGTERM, then SIGKILL); its checkpoints stay."""
+        access.require_owner(request, profile, "Stopping the training")
+        return _view(self.jobs.stop())
+
+    def download(self, request: gr.Request, profile: gr.OAuthProfile | None) -> str:
+        """The exported weights and config, zipped (a copy in the app's scratch space, for Gradio)."""
+        access.require_owner(request, profile, "Exporting the weights")
+        archive = export_checkpoint(self.jobs.status())[1]
+        copy = scratch_dir() / access.owner_file_name(archive.name)  # Gradio serves it to the owner only
+        shutil.copyfile(archive, copy)
+        return str(copy)
+
+    def use_model(self, request: gr.Request, profile: gr.OAuthProfile | None) -> str:
+        """Load the run's exported weights into the Segment tab, without a restart."""
+        from nailseg.weights import WeightsError
+
+        access.require_owner(request, profile, "Loading other weights")
+        weights, _ = export_checkpoint(self.jobs.status())
+        try:
+            return self.store.switch(str(weights))
+        except WeightsError as err:
+            raise gr.Error(str(err)) from None
+
+    def push(
+        self, repo_id: str, token: str, private: bool, request: gr.Request, profile: gr.OAuthProfile | None
+    ) -> str:
+        """Upload the run's exported weights, config and a model card to a Hub model repo.
+
+        The token is the one typed, else ``$HF_TOKEN`` (e.g. a Space secret); it never appears in a message.
+        """
+        from nailseg.hub import HubRefused
+        from nailseg.publish import push_model
+        from nailseg.weights import WeightsError
+
+        access.require_owner(request, profile, "Pushing to the Hub")
+        repo_id = (repo_id or "").strip()
+        if repo_id.count("/") != 1 or not all(repo_id.split("/")):
+            raise gr.Error("The repo id must be OWNER/NAME.")
+        status = self.jobs.status()
+        weights, _ = export_checkpoint(status)
+        try:
+            result = push_model(
+                repo_id, weights, token=(token or "").strip() or None, private=bool(private), metrics=status.metrics
+            )
+        except (HubRefused, WeightsError) as err:  # HubUnreachable included
+            raise gr.Error(str(err)) from None
+        return f"Pushed: {result.commit_url}. Load it anywhere with {code('NAILSEG_WEIGHTS=' + result.spec)}."
+
+    def refresh_choices(
+        self, data: str | None, start_from: str | None, request: gr.Request, profile: gr.OAuthProfile | None
+    ):
+        """The dataset and start lists again (a dataset converted, a run finished since the page was built)."""
+        if not access.is_owner(request, profile):
+            return gr.update(choices=[], value=None), gr.update(choices=[FROM_CONFIG], value=FROM_CONFIG)
+        datasets, starts = list(data_choices()), list(self.start_choices())
+        return (
+            gr.update(choices=datasets, value=data if data in datasets else (datasets[0] if datasets else None)),
+            gr.update(choices=starts, value=start_from if start_from in starts else FROM_CONFIG),
+        )
 
 
-def refresh_choices(data: str | None, start_from: str | None, request: gr.Request, profile: gr.OAuthProfile | None):
-    """The dataset and start lists again (a dataset converted, a run finished since the page was built)."""
-    if not access.is_owner(request, profile):
-        return gr.update(choices=[], value=None), gr.update(choices=[FROM_CONFIG], value=FROM_CONFIG)
-    datasets, starts = list(data_choices()), list(start_choices())
-    return (
-        gr.update(choices=datasets, value=data if data in datasets else (datasets[0] if datasets else None)),
-        gr.update(choices=starts, value=start_from if start_from in starts else FROM_CONFIG),
-    )
+@dataclass
+class TrainUI:
+    """The tab's components that its events read or write."""
+
+    device: gr.Markdown
+    config: gr.Radio
+    data: gr.Dropdown
+    refresh: gr.Button
+    start_from: gr.Dropdown
+    epochs: gr.Number
+    batch_size: gr.Number
+    lr: gr.Number
+    gpus: gr.Number
+    overrides: gr.Textbox
+    start_btn: gr.Button
+    stop_btn: gr.Button
+    progress: gr.HTML
+    summary: gr.Markdown
+    curve: gr.LinePlot
+    log: gr.Textbox
+    finished: gr.Group
+    download_btn: gr.Button
+    use_btn: gr.Button
+    weights_file: gr.File
+    use_msg: gr.Markdown
+    repo_id: gr.Textbox
+    token: gr.Textbox
+    private: gr.Checkbox
+    push_btn: gr.Button
+    push_msg: gr.Markdown
+
+    @property
+    def view(self) -> list:
+        """What :func:`_view` fills, in its order."""
+        return [self.progress, self.summary, self.curve, self.log, self.start_btn, self.stop_btn, self.finished]
 
 
-def train_tab(demo: gr.Blocks) -> Dependency:
-    """Build the Train tab inside the caller's ``gr.Tab`` of ``demo`` (its lists fill on page load).
-
-    Returns the event that loads the run's weights for everyone, for the Segment tab to follow.
-    """
-    device = gr.Markdown(elem_id="train-device")
-    if access.is_public():
-        gr.Markdown(f"Training changes this server for everyone: it is for the owner. {access.how_to_be_owner()}")
+def train_form() -> tuple:
+    """The form: model, data, start, numbers, overrides (``refresh`` reloads the lists)."""
     with gr.Row():
         config = gr.Radio(list(CONFIGS), value=next(iter(CONFIGS)), label="Model", scale=2)
         # The lists fill on page load; start() checks the choice against them itself.
@@ -369,6 +406,15 @@ def train_tab(demo: gr.Blocks) -> Dependency:
     overrides = gr.Textbox(
         label=f"Config overrides (optional; {', '.join(OVERRIDES)})", placeholder="train_cfg.max_iters=100 ..."
     )
+    return config, data, refresh, start_from, epochs, batch_size, lr, gpus, overrides
+
+
+def train_layout() -> TrainUI:
+    """The tab's components, inside the current ``gr.Tab``."""
+    device = gr.Markdown(elem_id="train-device")
+    if access.is_public():
+        gr.Markdown(f"Training changes this server for everyone: it is for the owner. {access.how_to_be_owner()}")
+    form = train_form()
     with gr.Row():
         start_btn = gr.Button("Start training", variant="primary", elem_id="train-start")
         stop_btn = gr.Button("Stop", variant="stop", interactive=False, elem_id="train-stop")
@@ -388,24 +434,32 @@ def train_tab(demo: gr.Blocks) -> Dependency:
             private = gr.Checkbox(label="private repo")
         push_btn = gr.Button("Push to the Hugging Face Hub")
         push_msg = gr.Markdown()
+    return TrainUI(
+        device, *form, start_btn, stop_btn, progress, summary, curve, log, finished,
+        download_btn, use_btn, weights_file, use_msg, repo_id, token, private, push_btn, push_msg,
+    )  # fmt: skip
 
-    view = [progress, summary, curve, log, start_btn, stop_btn, finished]
-    lists = [data, start_from]
-    refresh.click(refresh_choices, lists, lists, api_name="train_lists")
-    demo.load(refresh_choices, lists, lists, api_visibility="private")
-    demo.load(device_note, None, device, api_visibility="private")  # at page load: torch is not imported at start
-    demo.load(gpus_field, None, gpus, api_visibility="private")
-    start_btn.click(
-        start,
-        [config, data, start_from, epochs, batch_size, lr, overrides, gpus],
-        view,
-        api_name="train_start",
-        concurrency_limit=1,
-    )
-    stop_btn.click(stop, None, view, api_name="train_stop", concurrency_limit=1)
+
+def train_tab(demo: gr.Blocks, store: ModelStore, jobs: TrainingJobs) -> Dependency:
+    """Build the Train tab inside the caller's ``gr.Tab`` of ``demo`` (its lists fill on page load),
+    over the app's training run and model store.
+
+    Returns the event that loads the run's weights for everyone, for the Segment tab to follow.
+    """
+    on = TrainHandlers(store, jobs)
+    ui = train_layout()
+    lists = [ui.data, ui.start_from]
+    ui.refresh.click(on.refresh_choices, lists, lists, api_name="train_lists")
+    demo.load(on.refresh_choices, lists, lists, api_visibility="private")
+    demo.load(device_note, None, ui.device, api_visibility="private")  # at page load: torch is not imported at start
+    demo.load(gpus_field, None, ui.gpus, api_visibility="private")
+    form = [ui.config, ui.data, ui.start_from, ui.epochs, ui.batch_size, ui.lr, ui.overrides, ui.gpus]
+    ui.start_btn.click(on.start, form, ui.view, api_name="train_start", concurrency_limit=1)
+    ui.stop_btn.click(on.stop, None, ui.view, api_name="train_stop", concurrency_limit=1)
     # Reads a few small files: no queue slot needed, and no spinner every two seconds.
-    gr.Timer(2.0).tick(poll, None, view, api_name="train_status", concurrency_limit=None, show_progress="hidden")
-    download_btn.click(download, None, weights_file, api_name="train_export", concurrency_limit=1)
-    used = use_btn.click(use_model, None, use_msg, api_name="train_use_model", concurrency_limit=1)
-    push_btn.click(push, [repo_id, token, private], push_msg, api_name="train_push", concurrency_limit=1)
+    gr.Timer(2.0).tick(on.poll, None, ui.view, api_name="train_status", concurrency_limit=None, show_progress="hidden")
+    ui.download_btn.click(on.download, None, ui.weights_file, api_name="train_export", concurrency_limit=1)
+    used = ui.use_btn.click(on.use_model, None, ui.use_msg, api_name="train_use_model", concurrency_limit=1)
+    push_inputs = [ui.repo_id, ui.token, ui.private]
+    ui.push_btn.click(on.push, push_inputs, ui.push_msg, api_name="train_push", concurrency_limit=1)
     return used
