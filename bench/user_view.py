@@ -24,7 +24,11 @@ first, then suppression on the model's masks, then back to the photo's size), wh
 Usage::
 
     PYTHONPATH=. .venv/bin/python bench/user_view.py --ann-file data/roboflow/valid.json \\
-        --img-dir ../shared/data/nails-roboflow --semantic ../shared/data/nails-semantic
+        --img-dir ../shared/data/nails-roboflow --semantic ../shared/data/nails-semantic \\
+        --label-fixes bench/label_fixes/roboflow-valid.csv
+
+With ``--label-fixes``, the validation figures come twice: as labelled, and with the listed label
+errors (each looked at, ``bench/label_audit.py``) made crowd regions, where nothing counts.
 """
 
 from __future__ import annotations
@@ -44,10 +48,13 @@ from nailseg.dedup import MaskDedup, mask_iou, shown_nails
 from nailseg.evaluate import (
     SWEEP,
     Tally,
+    apply_label_fixes,
     choose_threshold,
     coco_ap,
     coco_nails,
     coco_results,
+    detect_photos,
+    ignore_regions,
     nail_category_id,
 )
 from nailseg.images import load_image_rgb
@@ -88,24 +95,26 @@ def _iou(a: np.ndarray, b: np.ndarray) -> float:
     return float(mask_iou(a[None], b[None])[0, 0]) if (a.any() or b.any()) else 1.0
 
 
-def run_coco(segmenter, dedup: MaskDedup, ann_file: Path, img_dir: Path, thresholds: list[float], limit: int | None):
-    """Tallies per (variant, threshold) and segm AP per variant on a COCO ground truth."""
-    gt = load_coco(ann_file)
-    if limit:
-        gt = {**gt, "images": gt["images"][:limit]}
-    category_id = nail_category_id(gt)
-    tallies = {(v, t): Tally() for v in VARIANTS for t in thresholds}
+def run_coco(segmenter, dedup: MaskDedup, gts: dict[str, dict], img_dir: Path, thresholds: list[float]):
+    """Per label set (``gts``: the same photos, labels as given or fixed): tallies per (variant,
+    threshold) and segm AP per variant, from one model pass per photo."""
+    first = next(iter(gts.values()))
+    category_id = nail_category_id(first)
+    tallies = {(name, v, t): Tally() for name in gts for v in VARIANTS for t in thresholds}
     results = {v: [] for v in VARIANTS}
     settings = dict(zip(VARIANTS, (None, dedup)))
-    for image in gt["images"]:
-        detections, to_photo = segmenter.detect(load_image_rgb(img_dir / image["file_name"]))
-        truth = coco_nails(gt, image)
+    for photo in detect_photos(segmenter, first, img_dir):
+        labels = {name: (coco_nails(gt, photo.image), ignore_regions(gt, photo.image)) for name, gt in gts.items()}
         for variant, option in settings.items():
-            results[variant] += coco_results(to_photo(shown_nails(detections, 0.0, option)), image["id"], category_id)
+            results[variant] += coco_results(
+                photo.to_photo(shown_nails(photo.detections, 0.0, option)), photo.image["id"], category_id
+            )
             for thr in thresholds:
-                tallies[variant, thr].add(to_photo(shown_nails(detections, thr, option)), truth)
-    aps = {v: coco_ap(gt, results[v])["segm"] for v in VARIANTS}
-    return len(gt["images"]), tallies, aps
+                shown = photo.to_photo(shown_nails(photo.detections, thr, option))
+                for name, (truth, ignore) in labels.items():
+                    tallies[name, variant, thr].add(shown, truth, ignore)
+    aps = {(name, v): coco_ap(gt, results[v])["segm"] for name, gt in gts.items() for v in VARIANTS}
+    return len(first["images"]), tallies, aps
 
 
 def run_semantic(segmenter, dedup: MaskDedup, root: Path, groups: list[str], thr: float, limit: int | None):
@@ -202,6 +211,12 @@ def main(argv: list[str] | None = None) -> int:
         help="mask_dedup span_score_ratio ('none': the score order alone)",
     )
     parser.add_argument("--limit", type=int, default=None, help="first N photos of each set (quick look)")
+    parser.add_argument(
+        "--label-fixes",
+        type=Path,
+        default=None,
+        help="checked label errors of --ann-file (bench/label_fixes/*.csv): the figures again, with them as crowd",
+    )
     args = parser.parse_args(argv)
     if (args.ann_file is None) != (args.img_dir is None):
         parser.error("--ann-file and --img-dir go together")
@@ -215,8 +230,16 @@ def main(argv: list[str] | None = None) -> int:
     print(f"weights: {segmenter.weights.source}; dedup: {dedup}; the model's default threshold: {segmenter.score_thr}")
     if args.ann_file:
         thresholds = sorted({*args.sweep, args.score_thr})
-        photos, tallies, aps = run_coco(segmenter, dedup, args.ann_file, args.img_dir, thresholds, args.limit)
-        print_coco(str(args.ann_file), photos, tallies, aps, args.score_thr, thresholds)
+        gt = load_coco(args.ann_file)
+        gt = {**gt, "images": gt["images"][: args.limit]}
+        gts = {"as labelled": gt}
+        if args.label_fixes:
+            gts[f"labels fixed ({args.label_fixes})"] = apply_label_fixes(gt, args.label_fixes)
+        photos, tallies, aps = run_coco(segmenter, dedup, gts, args.img_dir, thresholds)
+        for name in gts:
+            t = {(v, k): tallies[name, v, k] for v in VARIANTS for k in thresholds}
+            a = {v: aps[name, v] for v in VARIANTS}
+            print_coco(f"{args.ann_file}, {name}", photos, t, a, args.score_thr, thresholds)
     if args.semantic:
         tallies = run_semantic(segmenter, dedup, args.semantic, args.groups, args.score_thr, args.limit)
         print_semantic(tallies, args.groups, args.score_thr)

@@ -1,15 +1,20 @@
 """Evaluation of a model on a ground-truth file: COCO AP (pycocotools), what a user sees at a score
 threshold (one-to-one matches, duplicate pairs, exact counts), and the threshold chosen by F1.
 
-``nailseg evaluate`` and ``bench/user_view.py`` run through here.
+``nailseg evaluate`` and ``bench/user_view.py`` run through here (:func:`detect_photos` is the one
+loop of the model over a ground truth's photos). Crowd regions (``iscrowd`` 1) are places where
+nothing counts, for AP as for what a user sees; :func:`apply_label_fixes` makes them from a list of
+checked label errors, so that a figure can be reported both ways.
 """
 
 from __future__ import annotations
 
 import contextlib
+import csv
 import dataclasses
 import io
 import json
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +25,10 @@ from nailseg.result import Nails
 
 MAX_DETECTIONS = 100  # per photo, as COCO's evaluator counts them
 SWEEP = tuple(round(0.3 + 0.05 * k, 2) for k in range(14))  # the thresholds tried: 0.30 ... 0.95
+IGNORE_COVER = 0.5  # a shown nail this much inside a crowd region is not counted (COCO's rule)
+# What a checked label error may be (apply_label_fixes): a nail without a label, or a label that
+# is no nail, or whose outline is not the nail's (cut in two, shifted, half the nail).
+LABEL_FIXES = ("unlabelled nail", "not a nail", "bad outline")
 
 
 @dataclasses.dataclass
@@ -34,7 +43,12 @@ class Tally:
     exact: int = 0
     matched: int = 0
 
-    def add(self, shown: Nails, truth: Nails) -> None:
+    def add(self, shown: Nails, truth: Nails, ignore: np.ndarray | None = None) -> None:
+        """One photo: ``shown`` nails against the ``truth``; shown nails lying mostly (as COCO
+        has it, half their area) in an ``ignore`` region (``(K, H, W) bool``, crowd) are left out."""
+        if ignore is not None and len(ignore) and len(shown):
+            inside = (shown.masks & ignore.any(axis=0)).sum(axis=(1, 2))
+            shown = shown[inside < IGNORE_COVER * np.maximum(shown.masks.sum(axis=(1, 2)), 1)]
         pairs = len(duplicate_pairs(shown))
         self.photos += 1
         self.reported += len(shown)
@@ -110,23 +124,48 @@ def nail_category_id(gt: dict) -> int:
     raise ValueError(f"no 'nail' category among {[c['name'] for c in categories]}")
 
 
-def evaluate_dataset(segmenter, gt: dict, img_dir: str | Path, thresholds=SWEEP, progress: bool = False) -> Evaluation:
-    """Run the model once on each photo of ``gt`` (read from ``img_dir / file_name``; ids are
-    ``gt``'s) and score it: every detection for AP, and what a user sees at each threshold, with
-    the model's duplicate suppression as everywhere (on the model's masks, as ``predict`` does).
+@dataclasses.dataclass(frozen=True)
+class PhotoDetections:
+    """One photo of a ground truth and the model's one pass over it.
+
+    Attributes:
+        image: the ground truth's image entry; truth: its nails; ignore: its crowd regions
+            (``(K, H, W) bool``).
+        detections, to_photo: what ``NailSegmenter.detect`` returns: every detection at the
+            model's size, and the function that takes shown nails back to the photo's size.
     """
+
+    image: dict
+    truth: Nails
+    ignore: np.ndarray
+    detections: Nails
+    to_photo: Callable[[Nails], Nails]
+
+
+def detect_photos(segmenter, gt: dict, img_dir: str | Path, progress: bool = False) -> Iterator[PhotoDetections]:
+    """Run the model once on each photo of ``gt`` (read from ``img_dir / file_name``), in order;
+    every photo is checked to be there before the first runs."""
     from tqdm.auto import tqdm
 
-    category_id = nail_category_id(gt)
     paths = photo_paths(gt, img_dir)
-    thresholds = sorted({*thresholds, segmenter.score_thr})
-    results, tallies = [], {k: Tally() for k in thresholds}
     for image, path in tqdm(list(zip(gt["images"], paths)), unit="photo", disable=not progress):
         detections, to_photo = segmenter.detect(load_image_rgb(path))
-        results += coco_results(to_photo(shown_nails(detections, 0.0, segmenter.dedup)), image["id"], category_id)
-        truth = coco_nails(gt, image)
+        yield PhotoDetections(image, coco_nails(gt, image), ignore_regions(gt, image), detections, to_photo)
+
+
+def evaluate_dataset(segmenter, gt: dict, img_dir: str | Path, thresholds=SWEEP, progress: bool = False) -> Evaluation:
+    """Score the model on ``gt`` (ids are ``gt``'s): every detection for AP, and what a user sees
+    at each threshold, with the model's duplicate suppression as everywhere (on the model's
+    masks, as ``predict`` does).
+    """
+    category_id = nail_category_id(gt)
+    thresholds = sorted({*thresholds, segmenter.score_thr})
+    results, tallies = [], {k: Tally() for k in thresholds}
+    for photo in detect_photos(segmenter, gt, img_dir, progress):
+        shown = photo.to_photo(shown_nails(photo.detections, 0.0, segmenter.dedup))
+        results += coco_results(shown, photo.image["id"], category_id)
         for k in thresholds:
-            tallies[k].add(to_photo(shown_nails(detections, k, segmenter.dedup)), truth)
+            tallies[k].add(photo.to_photo(shown_nails(photo.detections, k, segmenter.dedup)), photo.truth, photo.ignore)
     return Evaluation(results, tallies)
 
 
@@ -231,6 +270,60 @@ def coco_nails(coco: dict, image: dict) -> Nails:
     masks = [segmentation_to_mask(ann["segmentation"], height, width) for ann in anns]
     boxes = np.array([[x, y, x + w, y + h] for x, y, w, h in (a["bbox"] for a in anns)], np.float32)
     return Nails(boxes, np.stack(masks), np.ones(len(anns), np.float32)).in_reading_order()
+
+
+def ignore_regions(coco: dict, image: dict) -> np.ndarray:
+    """The crowd regions (``iscrowd`` 1) of one COCO image, ``(K, H, W) bool``."""
+    from nailseg.convert import segmentation_to_mask
+
+    height, width = image["height"], image["width"]
+    anns = [a for a in coco["annotations"] if a["image_id"] == image["id"] and a.get("iscrowd")]
+    masks = [segmentation_to_mask(ann["segmentation"], height, width) for ann in anns]
+    return np.stack(masks) if masks else np.zeros((0, height, width), bool)
+
+
+def apply_label_fixes(gt: dict, fixes_csv: str | Path) -> dict:
+    """``gt`` with checked label errors made crowd regions, where nothing counts either way.
+
+    ``fixes_csv`` has the columns ``file_name, x0, y0, x1, y1, fix, note``: ``fix`` is ``unlabelled
+    nail`` (a real nail without a label, at that box: a crowd box is added), or ``not a nail`` or
+    ``bad outline`` (the label whose box overlaps that box most, IoU >= 0.5, becomes crowd).
+
+    Raises:
+        ValueError: a row names a photo not in ``gt``, an unknown fix, or a label that is not there.
+    """
+    images = {image["file_name"]: image for image in gt["images"]}
+    anns = [dict(a) for a in gt["annotations"]]
+    next_id = max((a["id"] for a in anns), default=0) + 1
+    with open(fixes_csv, newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    for line, row in enumerate(rows, start=2):
+        image = images.get(row["file_name"])
+        box = [float(row[k]) for k in ("x0", "y0", "x1", "y1")]
+        if image is None or row["fix"] not in LABEL_FIXES:
+            raise ValueError(f"{Path(fixes_csv).name}, line {line}: unknown photo or fix {row['fix']!r}")
+        if row["fix"] == "unlabelled nail":
+            x0, y0, x1, y1 = box
+            polygon = [x0, y0, x1, y0, x1, y1, x0, y1]
+            crowd = {"segmentation": [polygon], "bbox": [x0, y0, x1 - x0, y1 - y0], "area": (x1 - x0) * (y1 - y0)}
+            anns.append({**crowd, "id": next_id, "image_id": image["id"], "category_id": nail_category_id(gt),
+                         "iscrowd": 1})  # fmt: skip
+            next_id += 1
+            continue
+        own = [a for a in anns if a["image_id"] == image["id"] and not a.get("iscrowd")]
+        overlaps = [_box_iou(box, [x, y, x + w, y + h]) for x, y, w, h in (a["bbox"] for a in own)]
+        if not overlaps or max(overlaps) < 0.5:
+            raise ValueError(f"{Path(fixes_csv).name}, line {line}: no label of {row['file_name']} at {box}")
+        own[int(np.argmax(overlaps))]["iscrowd"] = 1
+    return {**gt, "annotations": anns}
+
+
+def _box_iou(a: list[float], b: list[float]) -> float:
+    """IoU of two ``x0, y0, x1, y1`` boxes."""
+    w = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    h = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - w * h
+    return w * h / union if union > 0 else 0.0
 
 
 def match_masks(predicted: np.ndarray, truth: np.ndarray, iou_thr: float = 0.5) -> np.ndarray:

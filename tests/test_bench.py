@@ -86,3 +86,37 @@ def test_small_nails_counts_what_evaluate_counts(tmp_path):
     boxes = np.array([[200, 200, 200 + side / 3, 200 + side / 3], [0, 0, side, side]], np.float32)
     ious = small_nails.best_anchor_iou(priors, boxes, 432, 432)
     assert ious[0] < 0.3 and abs(ious[1] - 1.0) < 1e-6
+
+
+def test_label_audit_lists_what_evaluate_counts_wrong_and_its_fixes_undo_it(tmp_path):
+    """bench/label_audit.py's false and missed nails are `nailseg evaluate`'s, one by one; written as
+    label fixes (each false nail an unlabelled nail, each missed one a bad outline), they leave
+    nothing wrong, and a contact sheet holds up to 24 of them."""
+    import csv
+
+    from support import DATA
+
+    from nailseg.datasets import convert_dataset, load_coco, save_report
+    from nailseg.evaluate import apply_label_fixes, evaluate_dataset
+
+    label_audit = load_bench("label_audit")
+    save_report(convert_dataset(DATA, valid_fraction=0), tmp_path)
+    gt = load_coco(tmp_path / "train.json")
+    segmenter = load_model(None, device="cpu")
+    thr = 0.3  # low enough that the six photos show a false nail
+    false, missed = label_audit.audit(segmenter, gt, DATA, thr)
+    tally = evaluate_dataset(segmenter, gt, DATA, thresholds=[thr]).tallies[thr]
+    assert len(false) == tally.reported - tally.matched > 0 and len(missed) == tally.there - tally.matched
+    assert label_audit.main(["--ann-file", str(tmp_path / "train.json"), "--img-dir", str(DATA),
+                             "--out", str(tmp_path / "audit"), "--score-thr", str(thr)]) == 0  # fmt: skip
+    sheets = sorted((tmp_path / "audit").glob("*.png"))
+    assert len(sheets) == -(-len(false) // 24) + -(-len(missed) // 24)
+
+    with (tmp_path / "fixes.csv").open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["file_name", "x0", "y0", "x1", "y1", "fix", "note"])
+        for cases, fix in ((false, "unlabelled nail"), (missed, "bad outline")):
+            writer.writerows([c.file_name, *c.box, fix, c.id] for c in cases)
+    fixed = evaluate_dataset(segmenter, apply_label_fixes(gt, tmp_path / "fixes.csv"), DATA, thresholds=[thr])
+    after = fixed.tallies[thr]
+    assert after.reported == after.matched == after.there == tally.matched

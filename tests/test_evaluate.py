@@ -6,7 +6,16 @@ import numpy as np
 import pytest
 from pycocotools import mask as mask_utils
 
-from nailseg.evaluate import Tally, choose_threshold, coco_ap, duplicate_pairs, match_masks, nail_category_id
+from nailseg.evaluate import (
+    Tally,
+    apply_label_fixes,
+    choose_threshold,
+    coco_ap,
+    duplicate_pairs,
+    ignore_regions,
+    match_masks,
+    nail_category_id,
+)
 from nailseg.result import Nails
 
 
@@ -146,3 +155,54 @@ def test_threshold_is_chosen_by_f1_then_exact_count_then_lower():
     assert choose_threshold({0.5: _tally(7, 3), 0.7: _tally(8, 1), 0.9: _tally(6, 4)}) == 0.7  # best F1
     assert choose_threshold({0.5: _tally(8, 1), 0.7: _tally(8, 3), 0.9: _tally(8, 2)}) == 0.7  # tie: exact
     assert choose_threshold({0.5: _tally(8, 2), 0.7: _tally(8, 2)}) == 0.5  # full tie: the lower
+
+
+def test_a_shown_nail_in_a_crowd_region_counts_neither_way():
+    """A nail shown where the labels say "crowd" (an unlabelled nail, checked by a person) is no
+    false nail; one only partly inside (under half its area) still is."""
+    truth = _nails((5, 5, 10))
+    crowd = _masks((30, 30, 10))
+    inside, partly = _nails((5, 5, 10), (31, 31, 10)), _nails((5, 5, 10), (36, 30, 10))
+    for shown, reported in ((inside, 1), (partly, 2)):
+        tally = Tally()
+        tally.add(shown, truth, crowd)
+        assert (tally.reported, tally.matched, tally.exact) == (reported, 1, reported == 1)
+    plain = Tally()
+    plain.add(inside, truth)  # without the crowd region: a false nail and a wrong count
+    assert (plain.reported, plain.exact) == (2, 0)
+
+
+def _write_fixes(path, *rows):
+    lines = ["file_name,x0,y0,x1,y1,fix,note", *(",".join(map(str, row)) for row in rows)]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_label_fixes_become_crowd_regions_and_ap_counts_them_so(gt, tmp_path):
+    fixes = _write_fixes(
+        tmp_path / "fixes.csv",
+        ("a.png", 20, 5, 30, 15, "unlabelled nail", "a nail on the ring finger, no label"),
+        ("a.png", 29, 31, 40, 40, "not a nail", "a ring labelled as a nail"),
+    )
+    fixed = apply_label_fixes(gt, fixes)
+    assert gt["annotations"][1].get("iscrowd") == 0  # the original is left as it was
+    crowd = ignore_regions(fixed, fixed["images"][0])
+    assert crowd.shape == (2, 50, 50) and crowd.any(axis=0)[5:15, 20:30].all() and crowd.any(axis=0)[30:40, 30:40].all()
+    assert crowd.sum() < 2.5 * 100  # the two regions, not more
+    # The detection at the unlabelled nail costs nothing now; the labelled "ring" is no longer missed.
+    detections = [_det(5, 5, 0.9), _det(20, 5, 0.8)]
+    assert coco_ap(gt, detections)["segm"]["AP"] == pytest.approx(51 / 101, abs=1e-3)
+    assert coco_ap(fixed, detections)["segm"]["AP"] == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize(
+    ("row", "message"),
+    [
+        (("b.png", 0, 0, 5, 5, "unlabelled nail", ""), "unknown photo"),
+        (("a.png", 0, 0, 5, 5, "looks odd", ""), "unknown photo or fix"),
+        (("a.png", 0, 0, 5, 5, "not a nail", ""), "no label of a.png"),
+    ],
+)
+def test_label_fixes_name_what_they_cannot_apply(gt, tmp_path, row, message):
+    with pytest.raises(ValueError, match=message):
+        apply_label_fixes(gt, _write_fixes(tmp_path / "fixes.csv", row))
