@@ -102,6 +102,9 @@ def test_segment_a_photo(page, tmp_path, screenshot):
 def test_an_example_photo_twice(page):
     for _ in range(2):  # in two sessions: the example's file must survive the first answer
         page.locator("#examples button.gallery-item").first.click()
+        # The example reaches the photo field through a server round trip: a click on Segment before
+        # it shows would send no photo (and get "Add a photo first").
+        page.locator("#photo img").first.wait_for()
         page.get_by_role("button", name="Segment", exact=True).click()
         page.locator("#segment-status").get_by_text(re.compile(r"model time")).wait_for()
         page.reload()
