@@ -38,7 +38,6 @@ import numpy as np
 from nailseg.datasets import load_coco
 from nailseg.dedup import mask_iou, shown_nails
 from nailseg.evaluate import detect_photos, match_masks
-from nailseg.images import load_image_rgb
 from nailseg.inference import load_model
 
 TILE = 192  # px, a tile's side
@@ -105,16 +104,13 @@ def audit(segmenter, gt: dict, img_dir: Path, score_thr: float) -> tuple[list[Ca
         truth = photo.truth
         pairs = match_masks(shown.masks, truth.masks)
         iou = mask_iou(shown.masks, truth.masks) if len(shown) and len(truth) else np.zeros((len(shown), len(truth)))
-        rgb = None
-        name = photo.image["file_name"]
+        rgb, name = photo.rgb, photo.image["file_name"]
         for k in sorted(set(range(len(shown))) - set(pairs[:, 0].tolist())):
-            rgb = load_image_rgb(img_dir / name) if rgb is None else rgb
             case_id = f"F{len(false) + 1}"
             best = float(iou[k].max()) if iou.shape[1] else 0.0
             art = tile(rgb, shown.masks[k], shown.masks, truth.masks, f"{case_id} {shown.scores[k]:.2f}")
             false.append(Case(case_id, name, tuple(map(float, shown.boxes_xyxy[k])), float(shown.scores[k]), best, art))
         for k in sorted(set(range(len(truth))) - set(pairs[:, 1].tolist())):
-            rgb = load_image_rgb(img_dir / name) if rgb is None else rgb
             case_id = f"M{len(missed) + 1}"
             best = float(iou[:, k].max()) if iou.shape[0] else 0.0
             art = tile(rgb, truth.masks[k], shown.masks, truth.masks, f"{case_id} {int(truth.masks[k].sum())}px")

@@ -130,7 +130,7 @@ class PhotoDetections:
 
     Attributes:
         image: the ground truth's image entry; truth: its nails; ignore: its crowd regions
-            (``(K, H, W) bool``).
+            (``(K, H, W) bool``); rgb: the photo as the model got it (``(H, W, 3) uint8``).
         detections, to_photo: what ``NailSegmenter.detect`` returns: every detection at the
             model's size, and the function that takes shown nails back to the photo's size.
     """
@@ -138,6 +138,7 @@ class PhotoDetections:
     image: dict
     truth: Nails
     ignore: np.ndarray
+    rgb: np.ndarray
     detections: Nails
     to_photo: Callable[[Nails], Nails]
 
@@ -149,8 +150,9 @@ def detect_photos(segmenter, gt: dict, img_dir: str | Path, progress: bool = Fal
 
     paths = photo_paths(gt, img_dir)
     for image, path in tqdm(list(zip(gt["images"], paths)), unit="photo", disable=not progress):
-        detections, to_photo = segmenter.detect(load_image_rgb(path))
-        yield PhotoDetections(image, coco_nails(gt, image), ignore_regions(gt, image), detections, to_photo)
+        rgb = load_image_rgb(path)
+        detections, to_photo = segmenter.detect(rgb)
+        yield PhotoDetections(image, coco_nails(gt, image), ignore_regions(gt, image), rgb, detections, to_photo)
 
 
 def evaluate_dataset(segmenter, gt: dict, img_dir: str | Path, thresholds=SWEEP, progress: bool = False) -> Evaluation:
