@@ -107,7 +107,9 @@ def build_config(
     """
     from mmengine.config import Config
 
-    _check_numbers(epochs=epochs, batch_size=batch_size, lr=lr, minutes=minutes)
+    _check_positive((("epochs", epochs), ("batch size", batch_size), ("learning rate", lr), ("minutes", minutes)))
+    if lr is not None and lr > MAX_LR:
+        raise ValueError(f"learning rate must be at most {MAX_LR:g}, got {lr}")
     config, data = Path(config), Path(data).resolve()
     cfg = Config.fromfile(str(config))
     # mmdet's rule: the command line's, then the config's own, then work_dirs/<config name>.
@@ -131,16 +133,13 @@ def build_config(
     return cfg
 
 
-def _check_numbers(**values: float | None) -> None:
-    """Each given number positive and finite (0 would otherwise mean "the config's own"); the lr at most ``MAX_LR``."""
-    for name, value in values.items():
-        name = name.replace("_", " ").replace("lr", "learning rate")
+def _check_positive(named: tuple[tuple[str, float | None], ...]) -> None:
+    """Each given ``(name, value)`` positive and finite (0 would otherwise mean "the config's own")."""
+    for name, value in named:
         if value is not None and not value > 0:
             raise ValueError(f"{name} must be positive, got {value}")
         if value is not None and not math.isfinite(value):
             raise ValueError(f"{name} must be a finite number, got {value}")
-    if values.get("lr") is not None and values["lr"] > MAX_LR:
-        raise ValueError(f"learning rate must be at most {MAX_LR:g}, got {values['lr']}")
 
 
 def _point_at_data(cfg, data: Path) -> int:
