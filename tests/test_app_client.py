@@ -22,6 +22,7 @@ from support import (
     dataset_zip,
     jpeg_bytes,
     label_count,
+    load_bench,
     traversal_zip,
     weights_spec,
 )
@@ -105,6 +106,19 @@ def test_segment_zip_contents(client):
 def zf_text(zip_path, name: str) -> str:
     with zipfile.ZipFile(zip_path) as zf:
         return zf.read(name).decode()
+
+
+def test_bench_app_s_http_round_trip_fetches_every_file_the_answer_names(app):
+    import httpx
+
+    bench = load_bench("app")
+    with httpx.Client(base_url=app.url, timeout=300) as http:
+        seconds, answer, fetched = bench.http_segment(http, PHOTOS[0], 0.5)
+    status = answer[5]
+    found = int(re.search(r"(\d+) nail\(s\)", status)[1])
+    assert found >= 1
+    assert fetched == 1 + found + 1  # the overlay, each crop, the zip
+    assert seconds > bench.model_seconds(status) > 0
 
 
 def test_threshold_one_says_no_nails(client):
