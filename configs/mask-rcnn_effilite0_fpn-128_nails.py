@@ -59,4 +59,7 @@ default_hooks = dict(
     logger=dict(interval=10),
     checkpoint=dict(by_epoch=False, interval=100, max_keep_ckpts=2, save_last=True))
 log_processor = dict(by_epoch=False)
+# On a CPU, train in channels_last as the model answers there (oneDNN's faster layout; NailRoIAlign
+# reads it): nailseg/precision.py. `--cfg-options custom_hooks=[]` trains in the default layout.
+custom_hooks = [dict(type='ChannelsLastHook')]
 auto_scale_lr = dict(enable=False, base_batch_size=4)

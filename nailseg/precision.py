@@ -113,6 +113,29 @@ def channels_last(model: torch.nn.Module) -> bool:
     return True
 
 
+def register_channels_last_hook() -> None:
+    """Register :class:`ChannelsLastHook` with mmengine (the default config's ``custom_hooks`` names it)."""
+    from mmengine.hooks import Hook
+    from mmengine.registry import HOOKS
+
+    if "ChannelsLastHook" in HOOKS.module_dict:
+        return
+
+    @HOOKS.register_module()
+    class ChannelsLastHook(Hook):
+        """Train in ``channels_last`` on a CPU (:func:`channels_last`), as the model answers there.
+
+        The parameters keep their identity (``Module.to`` swaps their data), so the optimizer built
+        before, and a resumed run's momentum, apply as before; checkpoints load in any layout, and
+        exported weights are made contiguous (``nailseg.weights``). On a GPU the layout stays.
+        """
+
+        def before_train(self, runner) -> None:
+            model = getattr(runner.model, "module", runner.model)  # DDP wraps the model in .module
+            if next(model.parameters()).device.type == "cpu" and channels_last(model):
+                runner.logger.info("ChannelsLastHook: training in channels_last on the CPU")
+
+
 def register_optim_wrapper() -> None:
     """Register :class:`CpuBf16OptimWrapper` with mmengine (done on import of ``nailseg.train``)."""
     from mmengine.optim import OptimWrapper

@@ -18,7 +18,7 @@ from nailseg.distributed import configure, init_cpu_process_group
 from nailseg.files import write_atomic
 from nailseg.hub import reachable
 from nailseg.paths import DEFAULT_CONFIG
-from nailseg.precision import choose_precision, register_optim_wrapper
+from nailseg.precision import choose_precision, register_channels_last_hook, register_optim_wrapper
 
 MAX_LR = 1.0  # the configs here train at 0.02 (SGD); above 1 any of them diverges
 # A Unix socket's path holds at most 107 bytes. DataLoader workers hand batches over sockets that
@@ -265,6 +265,7 @@ def train(cfg, resume: bool = False) -> Path:
     from nailseg.weights import allow_mmengine_checkpoints, check_resumable
 
     register_optim_wrapper()  # CpuBf16OptimWrapper, for --precision bf16
+    register_channels_last_hook()  # ChannelsLastHook, in the default config's custom_hooks
     use_short_temp_dir()  # before any DataLoader worker starts
 
     # mmengine resumes from the checkpoint its ``last_checkpoint`` file names; with none saved yet

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from support import DATA as ROBOFLOW
-from support import REPO
+from support import PHOTOS, REPO
 
 from nailseg.datasets import convert_dataset, save_report
 from nailseg.paths import CONFIG_DIR, DEFAULT_CONFIG
@@ -120,6 +120,7 @@ def test_train_checkpoints_and_resumes(tiny, tmp_path):
     )
     assert first.returncode == 0, first.stderr[-3000:]
     assert (work / "iter_2.pth").is_file()
+    assert_trained_in_channels_last(first.stdout + first.stderr, work / "iter_2.pth", tmp_path)
     second = subprocess.run(
         [*base[:-2], "train_cfg.max_iters=4", "train_cfg.val_interval=4", *base[-2:], "--resume"],
         capture_output=True,
@@ -154,6 +155,24 @@ def test_train_checkpoints_and_resumes(tiny, tmp_path):
     early = subprocess.run([*stage2.args[:-1], str(tmp_path / "ft-early"), "--resume"], capture_output=True, text=True)
     assert early.returncode == 0, early.stderr[-3000:]
     assert f"Load checkpoint from {work / 'iter_4.pth'}" in early.stdout + early.stderr
+
+
+def assert_trained_in_channels_last(log: str, checkpoint: Path, tmp_path: Path) -> None:
+    """The default config trains on the CPU in channels_last (ChannelsLastHook): its checkpoint's
+    convolutions are in that layout, and exported weights (contiguous) make a model that finds nails."""
+    import torch
+
+    from nailseg import load_model
+    from nailseg.images import load_image_rgb
+    from nailseg.weights import allow_mmengine_checkpoints, export_weights
+
+    assert "ChannelsLastHook: training in channels_last on the CPU" in log
+    allow_mmengine_checkpoints()
+    state = torch.load(checkpoint, map_location="cpu", weights_only=True)["state_dict"]
+    convs = [v for v in state.values() if v.ndim == 4 and v.shape[1] > 1 and v.shape[2] > 1]
+    assert convs and all(v.is_contiguous(memory_format=torch.channels_last) and not v.is_contiguous() for v in convs)
+    model = load_model(export_weights(checkpoint, tmp_path / "cl.safetensors"), device="cpu")
+    model.predict(load_image_rgb(PHOTOS[0]), score_thr=0.0)  # runs; two iterations find little
 
 
 def test_load_from_exported_weights_becomes_weights_only(tmp_path):
