@@ -107,23 +107,58 @@ def roi_align(features: torch.Tensor, rois: torch.Tensor, output_size, spatial_s
         order = (ys.span * xs.span).argsort(descending=True)  # chunks of similar window size, largest first
     # (B * H * W, C): each pixel's channels in one row (a view of channels_last, else one copy).
     pixels = features.permute(0, 2, 3, 1).reshape(-1, channels)
-    parts = []
+    chunks = []
     begin = 0
-    while begin < n:
-        # As many RoIs as fit the budget at the window size of the first (the largest) among them.
-        span_y, span_x = int(ys.span[order[begin]]), int(xs.span[order[begin]])
-        step = max(1, _CHUNK_ELEMENTS // (span_y * span_x * channels))
-        chunk = order[begin : begin + step]
-        span_y, span_x = int(ys.span[chunk].max()), int(xs.span[chunk].max())
-        with torch.no_grad():
+    with torch.no_grad():
+        while begin < n:
+            # As many RoIs as fit the budget at the window size of the first (the largest) among them.
+            span_y, span_x = int(ys.span[order[begin]]), int(xs.span[order[begin]])
+            step = max(1, _CHUNK_ELEMENTS // (span_y * span_x * channels))
+            chunk = order[begin : begin + step]
+            span_y, span_x = int(ys.span[chunk].max()), int(xs.span[chunk].max())
             rows = (ys.first[chunk][:, None] + torch.arange(span_y, device=rois.device)).clamp(max=height - 1)
             cols = (xs.first[chunk][:, None] + torch.arange(span_x, device=rois.device)).clamp(max=width - 1)
             flat = ((batch[chunk] * height)[:, None, None] + rows[:, :, None]) * width + cols[:, None, :]
             wy, wx = ys.matrix(chunk, span_y, features.dtype), xs.matrix(chunk, span_x, features.dtype)
-        window = pixels.index_select(0, flat.reshape(-1))  # (r * Hw * Ww, C): whole rows of channels
-        along_y = torch.bmm(wy, window.view(len(chunk), span_y, span_x * channels))  # (r, out_h, Ww * C)
-        along_y = along_y.view(len(chunk), out_h, span_x, channels).transpose(1, 2)  # (r, Ww, out_h, C)
-        pooled = torch.bmm(wx, along_y.reshape(len(chunk), span_x, out_h * channels))  # (r, out_w, out_h * C)
-        parts.append(pooled.view(len(chunk), out_w, out_h, channels).permute(0, 3, 2, 1))
-        begin += len(chunk)
-    return torch.cat(parts)[order.argsort()]
+            chunks.append((flat.reshape(-1), wy, wx))
+            begin += len(chunk)
+    return _PooledWindows.apply(pixels, chunks, out_h, out_w)[order.argsort()]
+
+
+class _PooledWindows(torch.autograd.Function):
+    """Each chunk's windows gathered from ``pixels`` and reduced by its weights, RoIs in chunk order.
+
+    ``chunks``: ``(flat pixel indices, Wy, Wx)`` per chunk. Autograd would differentiate each
+    chunk's gather on its own, each into a zeroed gradient the size of the whole feature map, then
+    add those up; with a few dozen chunks per call that zeroing was a tenth of a training step. The
+    backward here scatters every chunk into one gradient.
+    """
+
+    @staticmethod
+    def forward(ctx, pixels, chunks, out_h: int, out_w: int):
+        ctx.chunks, ctx.rows = chunks, pixels.shape[0]
+        channels = pixels.shape[1]
+        parts = []
+        for flat, wy, wx in chunks:
+            r, span_y, span_x = len(wy), wy.shape[2], wx.shape[2]
+            window = pixels.index_select(0, flat)  # (r * Hw * Ww, C): whole rows of channels
+            along_y = torch.bmm(wy, window.view(r, span_y, span_x * channels))  # (r, out_h, Ww * C)
+            along_y = along_y.view(r, out_h, span_x, channels).transpose(1, 2)  # (r, Ww, out_h, C)
+            pooled = torch.bmm(wx, along_y.reshape(r, span_x, out_h * channels))  # (r, out_w, out_h * C)
+            parts.append(pooled.view(r, out_w, out_h, channels).permute(0, 3, 2, 1))
+        return torch.cat(parts)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        _, channels, out_h, out_w = grad_out.shape
+        grad_pixels = grad_out.new_zeros(ctx.rows, channels)
+        begin = 0
+        for flat, wy, wx in ctx.chunks:
+            r, span_x = len(wy), wx.shape[2]
+            grad = grad_out[begin : begin + r].permute(0, 3, 2, 1).reshape(r, out_w, out_h * channels)
+            grad = torch.bmm(wx.transpose(1, 2), grad)  # (r, Ww, out_h * C)
+            grad = grad.view(r, span_x, out_h, channels).transpose(1, 2).reshape(r, out_h, span_x * channels)
+            grad = torch.bmm(wy.transpose(1, 2), grad)  # (r, Hw, Ww * C)
+            grad_pixels.index_add_(0, flat, grad.view(-1, channels))
+            begin += r
+        return grad_pixels, None, None, None

@@ -54,6 +54,24 @@ def test_channels_last_and_bf16():
     assert (half.float() - expected).abs().max() < 0.05  # bfloat16 keeps 8 bits of mantissa
 
 
+@pytest.mark.parametrize("chunk_elements", [1, 1 << 18], ids=["a-chunk-per-roi", "one-chunk"])
+def test_backward_is_the_gradient_of_the_forward(monkeypatch, chunk_elements):
+    # The backward is written by hand (one gradient for every chunk's gather): torch checks it
+    # against finite differences of the forward, with each RoI in a chunk of its own and all in one.
+    import nailseg.roi_align
+
+    monkeypatch.setattr(nailseg.roi_align, "_CHUNK_ELEMENTS", chunk_elements)
+    torch.manual_seed(0)
+    features = torch.randn(2, 3, 9, 8, dtype=torch.float64, requires_grad=True)
+    rois = torch.tensor(
+        [[0, 1, 2, 20, 30], [1, -4, -4, 12, 10], [1, 5, 5, 6, 6], [0, 0, 0, 35, 31], [1, 30, 2, 34, 9]],
+        dtype=torch.float64,
+    )
+    assert torch.autograd.gradcheck(lambda f: roi_align(f, rois, (3, 2), 0.25), (features,))
+    cl = features.detach().to(memory_format=torch.channels_last).requires_grad_()
+    assert torch.autograd.gradcheck(lambda f: roi_align(f, rois, 2, 0.25, sampling_ratio=2), (cl,))
+
+
 def test_no_rois_and_gradient_flow():
     features = torch.randn(1, 3, 10, 10, requires_grad=True)
     out = roi_align(features, torch.zeros(0, 5), (7, 5), 0.5)
