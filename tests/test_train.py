@@ -159,7 +159,7 @@ def test_train_checkpoints_and_resumes(tiny, tmp_path):
 
 def assert_trained_in_channels_last(log: str, checkpoint: Path, tmp_path: Path) -> None:
     """The default config trains on the CPU in channels_last (ChannelsLastHook): its checkpoint's
-    convolutions are in that layout, and exported weights (contiguous) make a model that finds nails."""
+    convolutions are in that layout, and its export (contiguous) loads as a model and runs on a photo."""
     import torch
 
     from nailseg import load_model
