@@ -32,6 +32,16 @@ from PIL import Image
 
 REPO = Path(__file__).resolve().parent.parent
 PHOTOS = sorted((REPO / "tests" / "data" / "nails-roboflow" / "images").glob("*.jpg"))
+CHROMIUM = Path("/usr/bin/chromium")  # Debian's; never a downloaded browser (the browser tests use these too)
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 
 
 def free_port() -> int:
@@ -107,7 +117,7 @@ def browser_segment(url: str, photos: list[Path], repeats: int) -> tuple[list[fl
 
     times, model_times = [], []
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=["--no-sandbox", "--disable-gpu"])
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
         page = browser.new_page(viewport={"width": 1280, "height": 900})
         page.set_default_timeout(120_000)
         page.goto(url)

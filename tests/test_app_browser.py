@@ -12,18 +12,10 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from support import PHOTOS, dataset_zip, traversal_zip
+from support import PHOTOS, dataset_zip, load_bench, traversal_zip
 
-CHROMIUM = Path("/usr/bin/chromium")
-ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
+BENCH = load_bench("app")  # one Chromium (path and flags) for these tests and bench/app.py --browser
+CHROMIUM, ARGS = BENCH.CHROMIUM, BENCH.CHROMIUM_ARGS
 TIMEOUT_MS = 120_000  # two shared CPU cores: a first model run can take a while
 
 pytestmark = [
