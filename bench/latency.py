@@ -7,9 +7,10 @@ Prints, for each model: load time, median per-photo latency in-process, peak mem
 process that loads the model and segments the photos, and the end-to-end per-photo time of
 ``nailseg predict`` processes on 20 photos (read, segment, write each, as its summary line times
 them once its model is loaded: its start-up is left out, never subtracted), median of 3,
-alternating models. Then the ratios.
+alternating models. Then the ratios. ``--also W ...`` times more weights beside the default in
+the same run (e.g. the same weights with another test scale in their JSON config).
 
-    .venv/bin/python bench/latency.py [--photos DIR] [--repeats 3]
+    .venv/bin/python bench/latency.py [--photos DIR] [--repeats 3] [--also WEIGHTS ...]
 """
 
 from __future__ import annotations
@@ -115,6 +116,7 @@ def main() -> None:
     parser.add_argument("--photos", type=Path, default=SHARED_PHOTOS if SHARED_PHOTOS.is_dir() else TEST_PHOTOS)
     parser.add_argument("--count", type=int, default=20, help="photos per end-to-end run")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--also", nargs="+", default=[], metavar="WEIGHTS", help="more weights to time beside ours")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--weights", default=None, help=argparse.SUPPRESS)
     parser.add_argument("files", nargs="*", help=argparse.SUPPRESS)
@@ -127,7 +129,7 @@ def main() -> None:
     photos = (available * (args.count // max(len(available), 1) + 1))[: args.count]
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        models = {"default": None, "r50-reference": str(export_reference(tmp))}
+        models = {"default": None, **{Path(w).stem: w for w in args.also}, "r50-reference": str(export_reference(tmp))}
         report = {name: run_worker(w, photos) for name, w in models.items()}
         e2e: dict[str, list[float]] = {name: [] for name in models}
         for r in range(args.repeats):
@@ -135,15 +137,19 @@ def main() -> None:
                 e2e[name].append(predict_per_photo(w, photos, tmp / f"{name}-{r}"))
         for name in models:
             report[name]["predict_per_photo_s"] = statistics.median(e2e[name])
+    width = max(len(name) for name in report)
     for name, r in report.items():
         print(
-            f"{name:14s} load {r['load_s']:.2f} s | in-process {r['median_s'] * 1000:.0f} ms/photo | "
+            f"{name:{width}s} load {r['load_s']:.2f} s | in-process {r['median_s'] * 1000:.0f} ms/photo | "
             f"nailseg predict {r['predict_per_photo_s'] * 1000:.0f} ms/photo | peak RSS {r['peak_rss_mib']:.0f} MiB"
         )
-    ours, ref = report["default"], report["r50-reference"]
+    ref = report.pop("r50-reference")
+    for name, ours in report.items():
+        print(
+            f"{name}: speed-up, in-process: {ref['median_s'] / ours['median_s']:.2f}x; "
+            f"nailseg predict end to end: {ref['predict_per_photo_s'] / ours['predict_per_photo_s']:.2f}x"
+        )
     print(
-        f"speed-up, in-process: {ref['median_s'] / ours['median_s']:.2f}x; "
-        f"nailseg predict end to end: {ref['predict_per_photo_s'] / ours['predict_per_photo_s']:.2f}x "
         f"({len(photos)} photos a run after the model loaded, as predict times them; median of {args.repeats}, "
         f"from {args.photos})"
     )
