@@ -90,11 +90,15 @@ def test_bf16_runs_the_heavy_parts_and_finds_the_same_nails(photos):
     assert bf16.precision == "bf16"
     assert bf16.model.backbone.forward.nailseg_bf16 and bf16.model.roi_head.mask_head.forward.nailseg_bf16
     assert not getattr(fp32.model.backbone.forward, "nailseg_bf16", False)
-    image = load_image_rgb(photos[0])
-    a, b = fp32.predict_all(image, 0.5), bf16.predict_all(image, 0.5)
-    assert len(a) == len(b) > 0
-    assert b.scores.dtype == np.float32 and np.abs(a.scores - b.scores).max() < 0.05
-    assert min(_matched_iou(a, b)) > 0.85  # bfloat16 keeps 8 bits: close, not equal
+    # The nails a user sees, at the model's own threshold, on every test photo. Below it, a nail the
+    # model is unsure of can change: on photos[0] stage 8 scores a sliver beside nail 3 at 0.66 in
+    # float32 and at 0.73 with a mask twice the size in bfloat16 (both hidden at 0.85).
+    for photo in photos:
+        image = load_image_rgb(photo)
+        a, b = fp32.predict_all(image, fp32.score_thr), bf16.predict_all(image, bf16.score_thr)
+        assert len(a) == len(b) > 0, photo.name
+        assert b.scores.dtype == np.float32 and np.abs(a.scores - b.scores).max() < 0.05
+        assert min(_matched_iou(a, b)) > 0.85  # bfloat16 keeps 8 bits: close, not equal
 
 
 def test_bf16_wrapping_is_idempotent_and_float_out():
