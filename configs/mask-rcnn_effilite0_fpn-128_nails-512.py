@@ -1,6 +1,6 @@
 # Issue 21 candidate: the default model seeing each photo at 512 px instead of 432 (1.4x the pixels:
 # a 12 px nail becomes 14 px), in training (random resize 0.8-1.2 around 512) and at test time.
-# Test-time scale alone does not pay (stage 6 at 480 or 512 px: F1 -0.001 to -0.003, segm AP -0.004 to
+# Test-time scale alone does not pay (stage 6 at 480 or 512 px: F1 -0.003 to -0.005, segm AP -0.004 to
 # 0, checkpoints/README.md); the model has to be trained at the scale it answers at.
 _base_ = './mask-rcnn_effilite0_fpn-128_nails.py'
 
